@@ -1,0 +1,40 @@
+# memsidecar — developer entry points. Every target sets up what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: setup run demo test lint proto proto-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install memsidecar with its dev tools
+
+run: setup ## Serve the sidecar on the embedded default (or CONFIG=path)
+	$(BIN)/memsidecar serve $(if $(CONFIG),--config $(CONFIG),)
+
+demo: setup ## Start the sidecar on the embedded default and run the demo agent against it
+	$(BIN)/python examples/demo.py
+
+test: setup ## The whole test suite
+	$(BIN)/python -m pytest
+
+lint: setup proto-check ## ruff, mypy, and generated code freshness
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: setup ## Regenerate the Python code from proto/
+	$(BIN)/python scripts/gen_proto.py
+
+proto-check: setup ## Fail when the generated code is not what proto/ generates
+	$(BIN)/python scripts/gen_proto.py --check
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""`memsidecar`: run and inspect the sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from memsidecar.sidecar.blocks.registry import DriverConfigError
+from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
+
+
+def _load(config: Path | None, overrides: dict[str, Any]) -> SidecarConfig:
+    try:
+        return load_config(config, {k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.version_option(package_name="memsidecar")
+def main() -> None:
+    """memsidecar: a memory layer for AI agents, served over a local socket."""
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
+@click.option("--socket", type=click.Path(path_type=Path), help="Unix socket path to serve on")
+@click.option("--tcp", help="also serve on host:port, e.g. 127.0.0.1:7070")
+@click.option("--ready-file", help="write the served addresses here once serving")
+def serve(config: Path | None, socket: Path | None, tcp: str | None, ready_file: str | None) -> None:
+    """Serve every memory block (no --config: the embedded in-memory default)."""
+    from memsidecar.sidecar.server import serve as run
+
+    cfg = _load(config, {"listen.socket": str(socket) if socket else None, "listen.tcp": tcp})
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(run(cfg, ready_file))
+    except DriverConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("config")
+@click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
+def show_config(config: Path | None) -> None:
+    """Validate a config and print the effective result (file + env + defaults)."""
+    cfg = _load(config, {})
+    click.echo(cfg.model_dump_json(indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One client object per memory block."""

@@ -1,0 +1,1 @@
+"""The memsidecar gRPC server: listeners, interceptors and one folder per memory block."""

@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+from memsidecar.sidecar.blocks.kv.driver import KVDriver
+from memsidecar.sidecar.blocks.kv.drivers import memory
+from memsidecar.sidecar.blocks.registry import DriverRegistry
+
+DRIVERS: DriverRegistry[KVDriver] = DriverRegistry("kv")
+DRIVERS.register("memory", memory.create)

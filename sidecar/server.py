@@ -1,0 +1,153 @@
+"""Build and run the sidecar: blocks, call pipeline, health, reflection, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from memsidecar.sidecar.blocks import BLOCK_TYPES
+from memsidecar.sidecar.blocks.base import Block, BlockContext
+from memsidecar.sidecar.clock import Clock, system_clock
+from memsidecar.sidecar.config import SidecarConfig
+from memsidecar.sidecar.identity import AmbientAuthenticator, Identity
+from memsidecar.sidecar.pipeline import CallPipeline
+
+log = logging.getLogger("memsidecar.server")
+
+HEALTH_INTERVAL_SECONDS = 5.0
+
+
+@dataclass
+class Sidecar:
+    config: SidecarConfig
+    server: grpc.aio.Server
+    blocks: dict[str, Block]
+    health: health.aio.HealthServicer
+    addresses: list[str] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.server.start()
+        for block in self.blocks.values():
+            await block.start()
+        await self.check_health()
+        self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+
+    async def check_health(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        down = health_pb2.HealthCheckResponse.NOT_SERVING
+        all_up = True
+        for block in self.blocks.values():
+            try:
+                up = await asyncio.wait_for(block.health(), HEALTH_INTERVAL_SECONDS)
+            except Exception:
+                log.warning("health check of block %s failed", block.name, exc_info=True)
+                up = False
+            all_up &= up
+            await self.health.set(block.service_name, serving if up else down)
+        await self.health.set("", serving if all_up else down)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+            await self.check_health()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.listen.shutdown_grace_seconds)
+        for block in reversed(list(self.blocks.values())):
+            await block.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.listen.socket.unlink()
+
+
+def _prepare_socket(config: SidecarConfig) -> str:
+    path = config.listen.socket
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists() or path.is_symlink():
+        # A socket left by a crashed sidecar would make bind fail.
+        path.unlink()
+    return f"unix:{path}"
+
+
+async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> Sidecar:
+    """Open every block's driver and bind the listeners (not yet serving)."""
+    ctx = BlockContext(config=config, clock=clock)
+    for block_type in BLOCK_TYPES:
+        ctx.blocks[block_type.name] = await block_type.build(ctx)
+    identity = Identity(tenant=config.identity.tenant, agent=config.identity.agent)
+    max_bytes = config.listen.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[CallPipeline(AmbientAuthenticator(identity))],
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ],
+    )
+    for block in ctx.blocks.values():
+        block.add_to_server(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [b.service_name for b in ctx.blocks.values()]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    sidecar = Sidecar(config, server, ctx.blocks, health_servicer)
+    unix = _prepare_socket(config)
+    server.add_insecure_port(unix)
+    os.chmod(config.listen.socket, int(config.listen.socket_mode, 8))
+    sidecar.addresses.append(unix)
+    if config.listen.tcp:
+        port = server.add_insecure_port(config.listen.tcp)
+        host = config.listen.tcp.rpartition(":")[0]
+        sidecar.addresses.append(f"{host}:{port}")
+    return sidecar
+
+
+def describe(sidecar: Sidecar) -> str:
+    cfg = sidecar.config
+    drivers = ", ".join(
+        f"{name}={getattr(cfg.blocks, name).driver}"
+        for name in sidecar.blocks
+        if hasattr(getattr(cfg.blocks, name), "driver")
+    )
+    lines = [
+        f"memsidecar serving on {' and '.join(sidecar.addresses)}",
+        f"  config: {cfg.source}",
+        f"  blocks: {drivers}",
+        f"  identity: ambient tenant={cfg.identity.tenant} agent={cfg.identity.agent}",
+    ]
+    if cfg.source.startswith("embedded default"):
+        lines.append(
+            "  embedded default: memory is in-process and lost on exit; artifacts on local disk "
+            f"at {cfg.blocks.artifact.options.get('root')}; fake embedder"
+        )
+    return "\n".join(lines)
+
+
+async def serve(config: SidecarConfig, ready_file: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain calls and close the drivers."""
+    sidecar = await build_sidecar(config)
+    await sidecar.start()
+    print(describe(sidecar), flush=True)
+    if ready_file:
+        with open(ready_file, "w") as f:
+            f.write("\n".join(sidecar.addresses) + "\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await sidecar.stop()

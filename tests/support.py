@@ -1,0 +1,135 @@
+"""Helpers shared by the test suites."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memsidecar.client import AsyncMemSidecar, RetryPolicy
+from memsidecar.sidecar.config import load_config
+from memsidecar.sidecar.server import Sidecar, build_sidecar
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ManualClock:
+    """A wall clock tests move by hand, for TTL and retention without sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def short_tmpdir() -> str:
+    """Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer."""
+    return tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(
+    overrides: dict[str, Any] | None = None, clock: Any = None
+) -> AsyncIterator[tuple[Sidecar, AsyncMemSidecar]]:
+    """An in-process sidecar on a private socket, and an async client connected to it."""
+    tmp = short_tmpdir()
+    settings = {
+        "listen.socket": f"{tmp}/m.sock",
+        "blocks.artifact.options": {"root": f"{tmp}/artifacts"},
+        **(overrides or {}),
+    }
+    config = load_config(None, settings)
+    sidecar = await build_sidecar(config, **({"clock": clock} if clock else {}))
+    await sidecar.start()
+    client = AsyncMemSidecar(socket=config.listen.socket, retry=RetryPolicy(max_retries=0))
+    try:
+        yield sidecar, client
+    finally:
+        await client.close()
+        await sidecar.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class SidecarProcess:
+    proc: subprocess.Popen[str]
+    socket: Path
+    addresses: list[str]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def sidecar_process(
+    args: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> Iterator[SidecarProcess]:
+    """Start `memsidecar serve` as a real process and wait until it serves."""
+    tmp = Path(short_tmpdir())
+    socket, ready, log = tmp / "m.sock", tmp / "ready", tmp / "sidecar.log"
+    command = [
+        sys.executable,
+        "-m",
+        "memsidecar.cli.main",
+        "serve",
+        "--socket",
+        str(socket),
+        "--ready-file",
+        str(ready),
+        *(args or []),
+    ]
+    full_env = {
+        **os.environ,
+        "MEMSIDECAR_BLOCKS__ARTIFACT__OPTIONS": f'{{"root": "{tmp}/artifacts"}}',
+        **(env or {}),
+    }
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True
+        )
+    handle = SidecarProcess(proc, socket, [], log)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sidecar did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        handle.addresses = ready.read_text().split()
+        yield handle
+    finally:
+        handle.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+    """Poll an (async or sync) predicate until true; bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
