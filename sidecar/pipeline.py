@@ -18,6 +18,7 @@ import grpc
 
 from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.identity import Authenticator, reset_identity, set_identity
+from memsidecar.sidecar.rpc import Ctx
 
 log = logging.getLogger("memsidecar.pipeline")
 
@@ -46,27 +47,28 @@ def parse_method(path: str) -> CallInfo | None:
     return CallInfo(block=block, method=method, op=f"{block}.{snake(method)}")
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, info: CallInfo) -> None:
+async def _abort(context: Ctx, exc: BaseException, info: CallInfo) -> None:
     if isinstance(exc, MemError):
         await context.abort(exc.code, exc.message)
     incident = uuid.uuid4().hex[:12]
     log.exception("internal error in %s (incident %s)", info.op, incident, exc_info=exc)
     await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error in {info.op}; see the sidecar log, incident {incident}"
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {info.op}; see the sidecar log, incident {incident}",
     )
 
 
-class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 
-    def _enter(self, context: grpc.aio.ServicerContext) -> Any:
+    def _enter(self, context: Ctx) -> Any:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         identity = self.authenticator.authenticate(metadata, context.peer() or "")
         return set_identity(identity)
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], info: CallInfo) -> Any:
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handler(request: Any, context: Ctx) -> Any:
             token = None
             try:
                 token = self._enter(context)
@@ -81,8 +83,8 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handler
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], info: CallInfo) -> Any:
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _wrap_stream(self, behavior: Any, info: CallInfo) -> Any:
+        async def handler(request: Any, context: Ctx) -> AsyncIterator[Any]:
             token = None
             try:
                 token = self._enter(context)
@@ -100,9 +102,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(details)
         info = parse_method(details.method)
         if handler is None or info is None:

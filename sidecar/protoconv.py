@@ -46,7 +46,7 @@ def duration_seconds(
         if required:
             raise InvalidArgument(f"{field} is required and must be positive, e.g. {field}=30s")
         return None
-    value = getattr(message, field).ToNanoseconds() / 1e9
+    value: float = getattr(message, field).ToNanoseconds() / 1e9
     if value < 0:
         raise InvalidArgument(f"{field} must not be negative (got {value}s)")
     if value == 0:

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import Any
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,7 +32,7 @@ class Sidecar:
     config: SidecarConfig
     server: grpc.aio.Server
     blocks: dict[str, Block]
-    health: health.aio.HealthServicer
+    health: Any
     addresses: list[str] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -96,11 +98,15 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
     )
     for block in ctx.blocks.values():
         block.add_to_server(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.service_name for b in ctx.blocks.values()]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     sidecar = Sidecar(config, server, ctx.blocks, health_servicer)
@@ -142,8 +148,7 @@ async def serve(config: SidecarConfig, ready_file: str | None = None) -> None:
     await sidecar.start()
     print(describe(sidecar), flush=True)
     if ready_file:
-        with open(ready_file, "w") as f:
-            f.write("\n".join(sidecar.addresses) + "\n")
+        Path(ready_file).write_text("\n".join(sidecar.addresses) + "\n")  # noqa: ASYNC240
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

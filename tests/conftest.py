@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from tests.support import ManualClock
-
 import pytest
+
+from tests.support import ManualClock
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
         capped = min(self.max_delay, self.base_delay * (2**attempt))
-        return capped * (1 + self._rng.uniform(-self.jitter, self.jitter))
+        return float(capped * (1 + self._rng.uniform(-self.jitter, self.jitter)))
 
     def retryable(self, exc: grpc.aio.AioRpcError) -> bool:
         return exc.code() in self.retry_codes

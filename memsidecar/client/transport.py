@@ -68,8 +68,10 @@ class Transport:
             lambda: method(request, timeout=self.timeout, metadata=self.metadata)
         )
 
-    def stream(self, method: Callable[..., AsyncIterator[Resp]], request: Any) -> AsyncIterator[Resp]:
+    def stream(
+        self, method: Callable[..., AsyncIterator[Resp]], request: Any
+    ) -> AsyncIterator[Resp]:
         return self.retry.stream(lambda: method(request, metadata=self.metadata))
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)

@@ -40,7 +40,7 @@ class Block(ABC):
     @abstractmethod
     def add_to_server(self, server: grpc.aio.Server) -> None: ...
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, most blocks need none
         """Start background work (sweepers, monitors); called once the server is up."""
 
     @abstractmethod

@@ -39,10 +39,10 @@ class DriverRegistry(Generic[D]):
         return await factory(options, ctx)
 
 
-O = TypeVar("O", bound=BaseModel)
+Opts = TypeVar("Opts", bound=BaseModel)
 
 
-def parse_options(block: str, driver: str, model: type[O], options: dict[str, Any]) -> O:
+def parse_options(block: str, driver: str, model: type[Opts], options: dict[str, Any]) -> Opts:
     """Validate a driver's options, naming each bad field in the error."""
     try:
         return model.model_validate(options)

@@ -104,7 +104,7 @@ class AsyncKV:
 
     async def delete(self, namespace: str, key: str, *, if_version: int | None = None) -> bool:
         request = kv_pb2.DeleteRequest(namespace=namespace, key=key, if_version=if_version)
-        return (await self._t.unary(self._stub.Delete, request)).deleted
+        return bool((await self._t.unary(self._stub.Delete, request)).deleted)
 
     async def scan(
         self,
@@ -126,7 +126,9 @@ class AsyncKV:
         async for e in self._t.stream(self._stub.Scan, request):
             yield _entry(e)
 
-    async def scan_all(self, namespace: str, prefix: str = "", *, page: int = 0) -> AsyncIterator[Entry]:
+    async def scan_all(
+        self, namespace: str, prefix: str = "", *, page: int = 0
+    ) -> AsyncIterator[Entry]:
         """Every key with `prefix`, paging with the resume cursor."""
         cursor = ""
         while True:

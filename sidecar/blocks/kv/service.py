@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
 from memsidecar.kv.v1 import kv_pb2, kv_pb2_grpc
 from memsidecar.sidecar.blocks.kv.convert import entry_to_proto, value_from_proto
 from memsidecar.sidecar.blocks.kv.driver import KVDriver
@@ -14,9 +12,8 @@ from memsidecar.sidecar.clock import Clock
 from memsidecar.sidecar.errors import InvalidArgument, NotFound
 from memsidecar.sidecar.identity import current_identity
 from memsidecar.sidecar.protoconv import duration_seconds
+from memsidecar.sidecar.rpc import Ctx
 from memsidecar.sidecar.validation import check_key, page_limit
-
-Ctx = grpc.aio.ServicerContext
 
 
 class KVService(kv_pb2_grpc.KVServicer):
@@ -63,7 +60,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         ttl = duration_seconds(request, "ttl")
         if_version = request.if_version if request.HasField("if_version") else None
         if if_version is not None and if_version < 0:
-            raise InvalidArgument(f"if_version must be 0 (must not exist) or a version, got {if_version}")
+            raise InvalidArgument(
+                f"if_version must be 0 (must not exist) or a version, got {if_version}"
+            )
         now = self.clock()
         entry = await self.driver.put(
             tenant, ns, key, value, now, now + ttl if ttl else None, if_version

@@ -9,14 +9,14 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from memsidecar.sidecar.blocks.base import BlockContext
-from memsidecar.sidecar.blocks.registry import parse_options
-from memsidecar.sidecar.blocks.settings import NoOptions
 from memsidecar.sidecar.blocks.kv.driver import (
     KVEntry,
     KVValue,
     increment_result,
     version_conflict,
 )
+from memsidecar.sidecar.blocks.registry import parse_options
+from memsidecar.sidecar.blocks.settings import NoOptions
 
 Scope = tuple[str, str]
 
@@ -36,7 +36,9 @@ class MemoryKV:
         while self._expiries and self._expiries[0][0] <= now:
             at, scope, key = heapq.heappop(self._expiries)
             table = self._data.get(scope)
-            entry = table.get(key) if table is not None else None
+            if table is None:
+                continue
+            entry = table.get(key)
             if entry is not None and entry.expires_at == at:
                 del table[key]
 
