@@ -86,9 +86,7 @@ class BlocksSettings(StrictModel):
     episodic: EpisodicSettings = Field(default_factory=EpisodicSettings)
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
     artifact: ArtifactSettings = Field(
-        default_factory=lambda: ArtifactSettings(
-            options={"root": str(runtime_dir() / "artifacts")}
-        )
+        default_factory=lambda: ArtifactSettings(options={"root": str(runtime_dir() / "artifacts")})
     )
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)

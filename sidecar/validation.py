@@ -23,5 +23,7 @@ def page_limit(requested: int, default: int, maximum: int, setting: str) -> int:
     if requested < 0:
         raise InvalidArgument(f"limit must not be negative (got {requested})")
     if requested > maximum:
-        raise InvalidArgument(f"limit {requested} is over this sidecar's maximum of {maximum} ({setting})")
+        raise InvalidArgument(
+            f"limit {requested} is over this sidecar's maximum of {maximum} ({setting})"
+        )
     return requested or default

@@ -32,7 +32,9 @@ def main() -> None:
 @click.option("--socket", type=click.Path(path_type=Path), help="Unix socket path to serve on")
 @click.option("--tcp", help="also serve on host:port, e.g. 127.0.0.1:7070")
 @click.option("--ready-file", help="write the served addresses here once serving")
-def serve(config: Path | None, socket: Path | None, tcp: str | None, ready_file: str | None) -> None:
+def serve(
+    config: Path | None, socket: Path | None, tcp: str | None, ready_file: str | None
+) -> None:
     """Serve every memory block (no --config: the embedded in-memory default)."""
     from memsidecar.sidecar.server import serve as run
 

@@ -1,0 +1,56 @@
+"""grpcurl works against the sidecar without proto files (server reflection)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import sidecar_process
+
+
+def grpcurl() -> str:
+    cache = Path(os.environ.get("MEMSIDECAR_CACHE", Path.home() / ".cache/memsidecar"))
+    found = shutil.which("grpcurl") or (
+        str(cache / "bin/grpcurl") if (cache / "bin/grpcurl").exists() else None
+    )
+    if found is None:
+        pytest.fail("grpcurl is not installed: run scripts/tools.sh (CI does)")
+    return found
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([grpcurl(), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_list_describe_and_call_without_protos() -> None:
+    with sidecar_process(["--tcp", "127.0.0.1:0"]) as proc:
+        target = ["-unix", "-plaintext", str(proc.socket)]
+        listed = run(*target, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "memsidecar.kv.v1.KV" in listed.stdout.split()
+        described = run(*target, "describe", "memsidecar.kv.v1.KV")
+        assert "rpc Increment" in described.stdout
+        put = run(
+            *target,
+            "-d",
+            '{"namespace": "cli", "key": "k", "value": {"stringValue": "hi"}}',
+            "memsidecar.kv.v1.KV/Put",
+        )
+        assert put.returncode == 0, put.stderr
+        assert json.loads(put.stdout)["entry"]["value"] == {"stringValue": "hi"}
+        bad = run(*target, "-d", '{"namespace": "cli", "key": ""}', "memsidecar.kv.v1.KV/Get")
+        assert bad.returncode != 0
+        assert "InvalidArgument" in bad.stderr and "key is required" in bad.stderr
+        health = run(
+            "-plaintext",
+            "-d",
+            '{"service": "memsidecar.kv.v1.KV"}',
+            proc.addresses[1],
+            "grpc.health.v1.Health/Check",
+        )
+        assert json.loads(health.stdout) == {"status": "SERVING"}

@@ -1,0 +1,100 @@
+"""The real `memsidecar serve` process, reached over a real socket with the SDK."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from memsidecar import AsyncMemSidecar, MemSidecar
+from memsidecar.sidecar.blocks import BLOCK_TYPES
+from tests.support import sidecar_process
+
+
+def test_embedded_default_serves_on_socket_and_tcp_and_says_where() -> None:
+    with sidecar_process(["--tcp", "127.0.0.1:0"]) as proc:
+        assert proc.addresses[0] == f"unix:{proc.socket}"
+        assert proc.addresses[1].startswith("127.0.0.1:")
+        banner = proc.log.read_text()
+        assert f"memsidecar serving on unix:{proc.socket}" in banner
+        assert "embedded default" in banner
+        with MemSidecar(socket=proc.socket) as m:
+            m.kv.put("it", "k", "socket")
+        with MemSidecar(target=proc.addresses[1]) as m:
+            assert m.kv.get("it", "k").value == "socket"
+
+
+def test_socket_env_var_is_how_agents_find_the_sidecar(monkeypatch: pytest.MonkeyPatch) -> None:
+    with sidecar_process() as proc:
+        monkeypatch.setenv("MEMSIDECAR_SOCKET", str(proc.socket))
+        with MemSidecar.from_env() as m:
+            assert m.kv.increment("it", "n") == 1
+
+
+async def test_async_client_over_real_socket() -> None:
+    with sidecar_process() as proc:
+        async with AsyncMemSidecar(socket=proc.socket) as m:
+            await m.kv.put("it", "a", {"x": 1})
+            assert (await m.kv.get("it", "a")).value == {"x": 1}  # type: ignore[union-attr]
+
+
+def test_health_per_block_and_overall() -> None:
+    with sidecar_process() as proc, grpc.insecure_channel(f"unix:{proc.socket}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        names = ["", *(b.service_name for b in BLOCK_TYPES)]
+        for name in names:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=name)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, name
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(health_pb2.HealthCheckRequest(service="memsidecar.nope.v1.Nope"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_every_block_service() -> None:
+    with sidecar_process() as proc, grpc.insecure_channel(f"unix:{proc.socket}") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        response = next(iter(stub.ServerReflectionInfo(iter([request]))))
+        served = {s.name for s in response.list_services_response.service}
+        assert {b.service_name for b in BLOCK_TYPES} <= served
+        assert "grpc.health.v1.Health" in served
+
+
+def test_sigterm_stops_cleanly_and_removes_socket() -> None:
+    with sidecar_process() as proc:
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=15) == 0
+        assert not proc.socket.exists()
+
+
+def test_invalid_config_names_the_field(tmp_path: os.PathLike[str]) -> None:
+    config = os.path.join(tmp_path, "bad.yaml")
+    with open(config, "w") as f:
+        f.write("blocks:\n  kv:\n    max_key_bytes: lots\n  lease:\n    drivr: memory\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "memsidecar.cli.main", "serve", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "blocks.kv.max_key_bytes" in result.stderr
+    assert "blocks.lease.drivr" in result.stderr
+
+
+def test_unknown_driver_is_a_clear_start_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "memsidecar.cli.main", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MEMSIDECAR_BLOCKS__KV__DRIVER": "redis"},
+    )
+    assert result.returncode != 0
+    assert "blocks.kv.driver: unknown driver 'redis'" in result.stderr
