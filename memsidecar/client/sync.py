@@ -11,9 +11,10 @@ import inspect
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from memsidecar.client.aio import AsyncMemSidecar
+if TYPE_CHECKING:
+    from memsidecar.client.aio import AsyncMemSidecar
 
 T = TypeVar("T")
 
@@ -82,6 +83,9 @@ class MemSidecar:
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        # Imported here: block clients import Bridged from this module.
+        from memsidecar.client.aio import AsyncMemSidecar
+
         self._runner = LoopThread()
 
         async def make() -> AsyncMemSidecar:
@@ -94,6 +98,10 @@ class MemSidecar:
             raise
         self.target = self._async.target
         self.kv: Any = Blocking(self._async.kv, self._runner)
+        self.episodic: Any = Blocking(self._async.episodic, self._runner)
+        self.semantic: Any = Blocking(self._async.semantic, self._runner)
+        self.artifact: Any = Blocking(self._async.artifact, self._runner)
+        self.lease: Any = Blocking(self._async.lease, self._runner)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> MemSidecar:

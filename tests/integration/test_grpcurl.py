@@ -29,21 +29,24 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_list_describe_and_call_without_protos() -> None:
     with sidecar_process(["--tcp", "127.0.0.1:0"]) as proc:
-        target = ["-unix", "-plaintext", str(proc.socket)]
-        listed = run(*target, "list")
+        address = f"unix://{proc.socket}"
+        listed = run("-plaintext", address, "list")
         assert listed.returncode == 0, listed.stderr
         assert "memsidecar.kv.v1.KV" in listed.stdout.split()
-        described = run(*target, "describe", "memsidecar.kv.v1.KV")
+        described = run("-plaintext", address, "describe", "memsidecar.kv.v1.KV")
         assert "rpc Increment" in described.stdout
         put = run(
-            *target,
+            "-plaintext",
             "-d",
             '{"namespace": "cli", "key": "k", "value": {"stringValue": "hi"}}',
+            address,
             "memsidecar.kv.v1.KV/Put",
         )
         assert put.returncode == 0, put.stderr
         assert json.loads(put.stdout)["entry"]["value"] == {"stringValue": "hi"}
-        bad = run(*target, "-d", '{"namespace": "cli", "key": ""}', "memsidecar.kv.v1.KV/Get")
+        bad = run(
+            "-plaintext", "-d", '{"namespace": "cli", "key": ""}', address, "memsidecar.kv.v1.KV/Get"
+        )
         assert bad.returncode != 0
         assert "InvalidArgument" in bad.stderr and "key is required" in bad.stderr
         health = run(
