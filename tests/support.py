@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,33 @@ from memsidecar.sidecar.config import load_config
 from memsidecar.sidecar.server import Sidecar, build_sidecar
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The test database started by scripts/postgres.sh (override with MEMSIDECAR_PG_TEST_DSN).
+PG_TEST_DSN = os.environ.get(
+    "MEMSIDECAR_PG_TEST_DSN", "postgresql://memsidecar:memsidecar@127.0.0.1:55432/memsidecar_test"
+)
+# Database-backed driver names, in order of preference per block.
+DATABASE_DRIVERS = ("pgvector", "postgres")
+
+
+def database_overrides() -> dict[str, Any]:
+    """Config overrides putting every block that has a database driver on the test database."""
+    from memsidecar.sidecar.blocks import BLOCK_TYPES
+
+    overrides: dict[str, Any] = {}
+    for block_type in BLOCK_TYPES:
+        registry = block_type.drivers
+        for driver in DATABASE_DRIVERS:
+            if registry is not None and driver in registry.names:
+                overrides[f"blocks.{block_type.name}.driver"] = driver
+                overrides[f"blocks.{block_type.name}.options"] = {"dsn": PG_TEST_DSN}
+                break
+    return overrides
+
+
+def unique_tenant() -> dict[str, Any]:
+    """A fresh tenant, so tests sharing one database never see each other's data."""
+    return {"identity.tenant": f"t-{uuid.uuid4().hex[:12]}"}
 
 
 class ManualClock:

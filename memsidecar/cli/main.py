@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from memsidecar.sidecar.backends.postgres import SchemaOutdated
 from memsidecar.sidecar.blocks.registry import DriverConfigError
+from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
 
 
@@ -46,8 +48,27 @@ def serve(
     )
     try:
         asyncio.run(run(cfg, ready_file))
-    except DriverConfigError as exc:
+    except (DriverConfigError, SchemaOutdated) as exc:
         raise click.ClickException(str(exc)) from exc
+    except MemError as exc:
+        raise click.ClickException(f"cannot start: {exc.message}") from exc
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
+def migrate(config: Path | None) -> None:
+    """Create or upgrade the database schema of every block stored in a database."""
+    from memsidecar.sidecar.migrate import migrate as run
+
+    cfg = _load(config, {})
+    try:
+        results = asyncio.run(run(cfg))
+    except MemError as exc:
+        raise click.ClickException(exc.message) from exc
+    if not results:
+        click.echo("no block uses a database driver; nothing to migrate")
+    for r in results:
+        click.echo(f"{r.block}: {r.driver} schema at version {r.version} ({r.applied} applied)")
 
 
 @main.command("config")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import grpc
 
 from memsidecar.sidecar.clock import Clock, system_clock
 
 if TYPE_CHECKING:
+    from memsidecar.sidecar.blocks.registry import DriverRegistry
     from memsidecar.sidecar.config import SidecarConfig
 
 
@@ -31,6 +32,8 @@ class Block(ABC):
     name: ClassVar[str]
     # Full gRPC service name, e.g. "memsidecar.kv.v1.KV" (also the health-check name).
     service_name: ClassVar[str]
+    # The block's drivers; None for blocks that store through another block.
+    drivers: ClassVar[DriverRegistry[Any] | None] = None
 
     @classmethod
     @abstractmethod

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from memsidecar.sidecar.blocks.base import BlockContext
+
+if TYPE_CHECKING:
+    from memsidecar.sidecar.backends.postgres import Migration
 
 D = TypeVar("D")
 Factory = Callable[[dict[str, Any], BlockContext], Awaitable[D]]
@@ -21,9 +24,18 @@ class DriverRegistry(Generic[D]):
     def __init__(self, block: str) -> None:
         self.block = block
         self._factories: dict[str, Factory[D]] = {}
+        self._migrations: dict[str, Sequence[Migration]] = {}
 
-    def register(self, name: str, factory: Factory[D]) -> None:
+    def register(
+        self, name: str, factory: Factory[D], migrations: Sequence[Migration] = ()
+    ) -> None:
+        """Add a driver; `migrations` is its schema history, applied by `memsidecar migrate`."""
         self._factories[name] = factory
+        if migrations:
+            self._migrations[name] = migrations
+
+    def migrations(self, name: str) -> Sequence[Migration]:
+        return self._migrations.get(name, ())
 
     @property
     def names(self) -> list[str]:

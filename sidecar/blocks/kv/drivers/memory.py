@@ -134,6 +134,11 @@ class MemoryKV:
             keep_expiry = current.expires_at if current is not None else expires_at
             return self._write(scope, key, KVValue("int", result), now, keep_expiry)
 
+    async def sweep(self, now: float) -> int:
+        before = sum(len(t) for t in self._data.values())
+        self._purge_expired(now)
+        return before - sum(len(t) for t in self._data.values())
+
     async def health(self) -> bool:
         return True
 

@@ -1,0 +1,1 @@
+"""Connections to shared storage backends, used by the drivers of several blocks."""
