@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import asyncpg
 from pydantic import Field, model_validator
 
-from memsidecar.sidecar.blocks.settings import StrictModel
 from memsidecar.sidecar.errors import MemError, Unavailable
+from memsidecar.sidecar.models import StrictModel
 
 SCHEMA_TABLE = "memsidecar_schema"
 

@@ -6,17 +6,12 @@ import fnmatch
 import re
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from memsidecar.sidecar.errors import InvalidArgument, NotFound
+from memsidecar.sidecar.models import StrictModel
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class StrictModel(BaseModel):
-    """Config models reject unknown fields so a typo is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class NoOptions(StrictModel):
