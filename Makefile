@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup run demo test lint proto proto-check clean
+.PHONY: setup services services-down run demo test lint proto proto-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ run: setup ## Serve the sidecar on the embedded default (or CONFIG=path)
 demo: setup ## Start the sidecar on the embedded default and run the demo agent against it
 	$(BIN)/python examples/demo.py
 
-test: setup ## The whole test suite
-	$(BIN)/python -m pytest
+services: ## Install and start the test ground on loopback: Postgres+pgvector, MinIO, grpcurl
+	scripts/postgres.sh up >/dev/null
+	scripts/minio.sh up >/dev/null
+	scripts/tools.sh >/dev/null
+
+services-down: ## Stop the test-ground servers (data is kept)
+	-scripts/minio.sh down
+	-scripts/postgres.sh down
+
+test: setup services ## The whole test suite, against real servers started on loopback
+	PATH="$${MEMSIDECAR_CACHE:-$$HOME/.cache/memsidecar}/bin:$$PATH" $(BIN)/python -m pytest
 
 lint: setup proto-check ## ruff, mypy, and generated code freshness
 	$(BIN)/ruff check .
