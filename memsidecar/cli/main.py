@@ -71,6 +71,34 @@ def migrate(config: Path | None) -> None:
         click.echo(f"{r.block}: {r.driver} schema at version {r.version} ({r.applied} applied)")
 
 
+@main.command()
+@click.option("--socket", type=click.Path(path_type=Path), help="Unix socket of the sidecar")
+@click.option("--target", help="host:port instead of a socket")
+@click.option("--service", default="", help="a block service name; empty = every block")
+@click.option("--timeout", default=2.0, show_default=True, help="seconds to wait")
+def probe(socket: Path | None, target: str | None, service: str, timeout: float) -> None:
+    """Exit 0 when the sidecar reports SERVING (for Kubernetes exec probes)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from memsidecar.client.transport import resolve_target
+
+    address = resolve_target(socket, target)
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                .status
+            )
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"{address}: {exc.code().name}: {exc.details()}") from exc
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    click.echo(f"{address} {service or '(all blocks)'}: {name}")
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        sys.exit(1)
+
+
 @main.command("config")
 @click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
 def show_config(config: Path | None) -> None:

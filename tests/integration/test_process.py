@@ -98,3 +98,23 @@ def test_unknown_driver_is_a_clear_start_error() -> None:
     )
     assert result.returncode != 0
     assert "blocks.kv.driver: unknown driver 'redis'" in result.stderr
+
+
+def test_probe_command_reports_serving_and_fails_without_sidecar() -> None:
+    with sidecar_process() as proc:
+        ok = subprocess.run(
+            [sys.executable, "-m", "memsidecar.cli.main", "probe", "--socket", str(proc.socket)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert "SERVING" in ok.stdout
+    gone = subprocess.run(
+        [sys.executable, "-m", "memsidecar.cli.main", "probe", "--socket", str(proc.socket)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gone.returncode != 0
+    assert "UNAVAILABLE" in gone.stderr
