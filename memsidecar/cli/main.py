@@ -12,8 +12,8 @@ import click
 
 from memsidecar.sidecar.backends.postgres import SchemaOutdated
 from memsidecar.sidecar.blocks.registry import DriverConfigError
-from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
+from memsidecar.sidecar.errors import MemError
 
 
 def _load(config: Path | None, overrides: dict[str, Any]) -> SidecarConfig:

@@ -45,7 +45,11 @@ def test_list_describe_and_call_without_protos() -> None:
         assert put.returncode == 0, put.stderr
         assert json.loads(put.stdout)["entry"]["value"] == {"stringValue": "hi"}
         bad = run(
-            "-plaintext", "-d", '{"namespace": "cli", "key": ""}', address, "memsidecar.kv.v1.KV/Get"
+            "-plaintext",
+            "-d",
+            '{"namespace": "cli", "key": ""}',
+            address,
+            "memsidecar.kv.v1.KV/Get",
         )
         assert bad.returncode != 0
         assert "InvalidArgument" in bad.stderr and "key is required" in bad.stderr

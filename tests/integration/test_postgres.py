@@ -117,7 +117,7 @@ def test_postgres_outage_is_unavailable_then_recovers_with_acknowledged_writes(
         acknowledged = [m.kv.put("outage", f"k{i}", i).key for i in range(20)]
         run_postgres_script("down")
         try:
-            with pytest.raises(UnavailableError, match="postgres at 127.0.0.1"):
+            with pytest.raises(UnavailableError, match=r"postgres at 127\.0\.0\.1"):
                 m.kv.put("outage", "during", 1)
             with pytest.raises(UnavailableError):
                 m.kv.get("outage", "k1")
