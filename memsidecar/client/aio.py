@@ -8,7 +8,12 @@ from types import TracebackType
 
 import grpc
 
+from memsidecar.client.blocks.artifact import AsyncArtifact
+from memsidecar.client.blocks.episodic import AsyncEpisodic
 from memsidecar.client.blocks.kv import AsyncKV
+from memsidecar.client.blocks.lease import AsyncLease
+from memsidecar.client.blocks.semantic import AsyncSemantic
+from memsidecar.client.blocks.session import AsyncSession
 from memsidecar.client.retry import RetryPolicy
 from memsidecar.client.transport import Transport, resolve_target
 
@@ -33,6 +38,11 @@ class AsyncMemSidecar:
             self.target, retry or RetryPolicy(), timeout, token, credentials
         )
         self.kv = AsyncKV(self.transport)
+        self.episodic = AsyncEpisodic(self.transport)
+        self.semantic = AsyncSemantic(self.transport)
+        self.artifact = AsyncArtifact(self.transport)
+        self.lease = AsyncLease(self.transport)
+        self.session = AsyncSession(self.transport)
 
     @classmethod
     def from_env(cls, **kwargs: object) -> AsyncMemSidecar:

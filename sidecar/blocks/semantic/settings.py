@@ -5,7 +5,8 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from memsidecar.sidecar.blocks.settings import BlockSettings, NamespaceSettings, StrictModel
+from memsidecar.sidecar.blocks.settings import BlockSettings, NamespaceSettings
+from memsidecar.sidecar.models import StrictModel
 from memsidecar.sidecar.units import ByteSize, Duration
 
 
@@ -40,6 +41,17 @@ class SemanticSettings(BlockSettings[SemanticNamespace]):
     default_top_k: PositiveInt = 10
     max_top_k: PositiveInt = 1000
     max_history: PositiveInt = 1000
+    # Record ids (also link ends).
+    max_id_bytes: ByteSize = 512
+    # Each tag and the category, on records and in Search.
+    max_label_bytes: ByteSize = 256
+    # Metadata predicates in one Search, and values in one `in` predicate.
+    max_filters: PositiveInt = 64
+    max_in_values: PositiveInt = 1000
+    # Links from and to one record, together.
+    max_links_per_record: PositiveInt = 1000
+    # How often expired records are physically removed (they are invisible at once).
+    sweep_interval: Duration = timedelta(minutes=1)
 
     @model_validator(mode="after")
     def _embedders_exist(self) -> SemanticSettings:
@@ -49,4 +61,9 @@ class SemanticSettings(BlockSettings[SemanticNamespace]):
                     f"namespace {pattern!r} uses embedder {ns.embedder!r}, which is not defined "
                     f"under blocks.semantic.embedders (defined: {', '.join(self.embedders)})"
                 )
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(
+                f"default_top_k ({self.default_top_k}) must not be over "
+                f"max_top_k ({self.max_top_k})"
+            )
         return self

@@ -1,0 +1,54 @@
+"""What an embedder is, and the table of embedder types the sidecar can build."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from memsidecar.sidecar.blocks.registry import DriverConfigError
+from memsidecar.sidecar.blocks.semantic.settings import EmbedderSettings
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors of exactly `dimension` floats.
+
+    `name` identifies the embedding space (the model, not the config key): a
+    namespace stays bound to the name and dimension of its first write.
+    """
+
+    name: str
+    dimension: int
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called once when the sidecar stops."""
+        ...
+
+
+EmbedderFactory = Callable[[EmbedderSettings], Awaitable[Embedder]]
+
+
+class EmbedderRegistry:
+    """Embedder types by EmbedderSettings.type; adding a type is one register() call."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, EmbedderFactory] = {}
+
+    def register(self, type: str, factory: EmbedderFactory) -> None:
+        self._factories[type] = factory
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self._factories)
+
+    async def create(self, key: str, settings: EmbedderSettings) -> Embedder:
+        factory = self._factories.get(settings.type)
+        if factory is None:
+            raise DriverConfigError(
+                f"blocks.semantic.embedders.{key}.type: embedder type {settings.type!r} is not "
+                f"available in this sidecar; available: {', '.join(self.types)}"
+            )
+        return await factory(settings)

@@ -1,0 +1,35 @@
+"""The semantic drivers the conformance suite runs against; a new driver adds a parameter here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from memsidecar.client.blocks.semantic import AsyncSemantic
+from tests.support import ManualClock, running_sidecar, unique_tenant
+
+SEMANTIC_DRIVERS: dict[str, dict[str, Any]] = {
+    "memory": {"blocks.semantic.driver": "memory"},
+}
+
+# Namespaces "vec-*" use a 4-dimensional fake embedder so tests can write exact vectors by
+# hand; every other namespace uses the default 256-dimensional one.
+SEMANTIC_SETTINGS: dict[str, Any] = {
+    "blocks.semantic.embedders": {
+        "fake": {"type": "fake", "dimension": 256},
+        "tiny": {"type": "fake", "dimension": 4},
+    },
+    "blocks.semantic.namespaces": {"vec-*": {"embedder": "tiny"}, "*": {"embedder": "fake"}},
+    "blocks.semantic.max_links_per_record": 3,
+}
+
+
+@pytest.fixture(params=sorted(SEMANTIC_DRIVERS))
+async def semantic(
+    request: pytest.FixtureRequest, clock: ManualClock
+) -> AsyncIterator[AsyncSemantic]:
+    overrides = {**SEMANTIC_SETTINGS, **SEMANTIC_DRIVERS[request.param], **unique_tenant()}
+    async with running_sidecar(overrides, clock=clock) as (_, client):
+        yield client.semantic
