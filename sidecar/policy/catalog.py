@@ -1,0 +1,49 @@
+"""The blocks and operations policy rules can name, read from the compiled protos.
+
+An op is "<block>.<method in snake_case>" ("kv.put", "episodic.list_sessions"),
+exactly as the call pipeline's CallInfo.op spells it. Rules are checked against
+this catalog so a typo ("kv.pt") is an error instead of a rule that never matches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import importlib
+
+from memsidecar.sidecar.pipeline import snake
+
+BLOCKS: tuple[str, ...] = ("kv", "episodic", "semantic", "artifact", "lease", "session")
+
+
+@functools.cache
+def known_ops() -> frozenset[str]:
+    """Every "<block>.<method>" the sidecar's services define."""
+    ops: set[str] = set()
+    for block in BLOCKS:
+        module = importlib.import_module(f"memsidecar.{block}.v1.{block}_pb2")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                ops.add(f"{block}.{snake(method.name)}")
+    return frozenset(ops)
+
+
+@functools.cache
+def known_methods() -> frozenset[str]:
+    """The method part of every known op ("put", "list_sessions")."""
+    return frozenset(op.split(".", 1)[1] for op in known_ops())
+
+
+def op_pattern_targets_full_op(pattern: str) -> bool:
+    """A pattern with a dot ("kv.put", "kv.*") matches the whole op; one without
+    ("put", "list_*", "*") matches the method on any block."""
+    return "." in pattern
+
+
+def op_pattern_matches_something(pattern: str) -> bool:
+    names = known_ops() if op_pattern_targets_full_op(pattern) else known_methods()
+    return any(fnmatch.fnmatchcase(name, pattern) for name in names)
+
+
+def block_pattern_matches_something(pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(block, pattern) for block in BLOCKS)
