@@ -43,7 +43,8 @@ def test_list_describe_and_call_without_protos() -> None:
             "memsidecar.kv.v1.KV/Put",
         )
         assert put.returncode == 0, put.stderr
-        assert json.loads(put.stdout)["entry"]["value"] == {"stringValue": "hi"}
+        # grpcurl prints proto field names; it accepts both spellings as input.
+        assert json.loads(put.stdout)["entry"]["value"] == {"string_value": "hi"}
         bad = run(
             "-plaintext",
             "-d",
