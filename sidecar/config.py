@@ -24,7 +24,8 @@ from memsidecar.sidecar.blocks.kv.settings import KVSettings
 from memsidecar.sidecar.blocks.lease.settings import LeaseSettings
 from memsidecar.sidecar.blocks.semantic.settings import SemanticSettings
 from memsidecar.sidecar.blocks.session.settings import SessionSettings
-from memsidecar.sidecar.blocks.settings import StrictModel, validate_namespace_name
+from memsidecar.sidecar.blocks.settings import validate_namespace_name
+from memsidecar.sidecar.models import StrictModel
 from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.units import ByteSize
 
@@ -81,6 +82,15 @@ class IdentitySettings(StrictModel):
             raise ValueError(exc.message.replace("namespace", "tenant")) from exc
 
 
+class PolicySettings(StrictModel):
+    """Where the allow/deny/rate-limit/cap rules come from (docs/policy.md)."""
+
+    # A policy YAML file, reloaded on change and on SIGHUP; unset = allow everything.
+    file: Path | None = None
+    debounce_ms: int = Field(default=300, ge=10)
+    poll_seconds: float = Field(default=5.0, gt=0)
+
+
 class BlocksSettings(StrictModel):
     kv: KVSettings = Field(default_factory=KVSettings)
     episodic: EpisodicSettings = Field(default_factory=EpisodicSettings)
@@ -102,6 +112,7 @@ class SidecarConfig(BaseSettings):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     blocks: BlocksSettings = Field(default_factory=BlocksSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where this config came from, for the start-up message.
     source: str = "embedded default"

@@ -21,6 +21,8 @@ from memsidecar.sidecar.clock import Clock, system_clock
 from memsidecar.sidecar.config import SidecarConfig
 from memsidecar.sidecar.identity import AmbientAuthenticator, Identity
 from memsidecar.sidecar.pipeline import CallPipeline
+from memsidecar.sidecar.policy.holder import PolicyHolder
+from memsidecar.sidecar.policy.loader import PolicyFileWatcher
 
 log = logging.getLogger("memsidecar.server")
 
@@ -33,10 +35,15 @@ class Sidecar:
     server: grpc.aio.Server
     blocks: dict[str, Block]
     health: Any
+    policy: PolicyHolder = field(default_factory=PolicyHolder)
+    policy_watcher: PolicyFileWatcher | None = None
     addresses: list[str] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        if self.policy_watcher is not None:
+            # Raises on an invalid file: never serve with allow-all by accident.
+            await self.policy_watcher.start()
         await self.server.start()
         for block in self.blocks.values():
             await block.start()
@@ -67,6 +74,8 @@ class Sidecar:
             task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.listen.shutdown_grace_seconds)
+        if self.policy_watcher is not None:
+            await self.policy_watcher.stop()
         for block in reversed(list(self.blocks.values())):
             await block.close()
         with contextlib.suppress(FileNotFoundError):
@@ -89,8 +98,9 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
         ctx.blocks[block_type.name] = await block_type.build(ctx)
     identity = Identity(tenant=config.identity.tenant, agent=config.identity.agent)
     max_bytes = config.listen.max_message_bytes
+    policy = PolicyHolder()
     server = grpc.aio.server(
-        interceptors=[CallPipeline(AmbientAuthenticator(identity))],
+        interceptors=[CallPipeline(AmbientAuthenticator(identity), policy)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -109,7 +119,14 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
         ],
         server,
     )
-    sidecar = Sidecar(config, server, ctx.blocks, health_servicer)
+    sidecar = Sidecar(config, server, ctx.blocks, health_servicer, policy)
+    if config.policy.file is not None:
+        sidecar.policy_watcher = PolicyFileWatcher(
+            config.policy.file,
+            policy,
+            debounce_ms=config.policy.debounce_ms,
+            poll_seconds=config.policy.poll_seconds,
+        )
     unix = _prepare_socket(config)
     server.add_insecure_port(unix)
     os.chmod(config.listen.socket, int(config.listen.socket_mode, 8))
@@ -133,6 +150,7 @@ def describe(sidecar: Sidecar) -> str:
         f"  config: {cfg.source}",
         f"  blocks: {drivers}",
         f"  identity: ambient tenant={cfg.identity.tenant} agent={cfg.identity.agent}",
+        f"  policy: {cfg.policy.file or 'none (every call allowed)'}",
     ]
     if cfg.source.startswith("embedded default"):
         lines.append(

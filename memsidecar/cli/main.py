@@ -14,6 +14,7 @@ from memsidecar.sidecar.backends.postgres import SchemaOutdated
 from memsidecar.sidecar.blocks.registry import DriverConfigError
 from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
 from memsidecar.sidecar.errors import MemError
+from memsidecar.sidecar.policy.model import PolicyError
 
 
 def _load(config: Path | None, overrides: dict[str, Any]) -> SidecarConfig:
@@ -48,7 +49,7 @@ def serve(
     )
     try:
         asyncio.run(run(cfg, ready_file))
-    except (DriverConfigError, SchemaOutdated) as exc:
+    except (DriverConfigError, SchemaOutdated, PolicyError) as exc:
         raise click.ClickException(str(exc)) from exc
     except MemError as exc:
         raise click.ClickException(f"cannot start: {exc.message}") from exc

@@ -11,7 +11,7 @@ import fnmatch
 import functools
 import importlib
 
-from memsidecar.sidecar.pipeline import snake
+from memsidecar.sidecar.calls import snake
 
 BLOCKS: tuple[str, ...] = ("kv", "episodic", "semantic", "artifact", "lease", "session")
 

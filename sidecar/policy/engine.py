@@ -33,9 +33,9 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from memsidecar.sidecar.calls import CallInfo
 from memsidecar.sidecar.errors import MemError, PermissionDenied, ResourceExhausted
 from memsidecar.sidecar.identity import Identity
-from memsidecar.sidecar.pipeline import CallInfo
 from memsidecar.sidecar.policy.buckets import BucketId, RateBuckets, RuleKey
 from memsidecar.sidecar.policy.model import Caps, Effect, KeyField, PolicySpec, Rate, Rule
 

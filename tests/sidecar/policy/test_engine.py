@@ -12,9 +12,9 @@ from memsidecar.episodic.v1 import episodic_pb2
 from memsidecar.kv.v1 import kv_pb2
 from memsidecar.semantic.v1 import semantic_pb2
 from memsidecar.session.v1 import session_pb2
+from memsidecar.sidecar.calls import parse_method
 from memsidecar.sidecar.errors import PermissionDenied, ResourceExhausted
 from memsidecar.sidecar.identity import Identity
-from memsidecar.sidecar.pipeline import parse_method
 from memsidecar.sidecar.policy import PolicyEngine, PolicyRequest, RateBuckets
 from tests.sidecar.policy.support import FakeMonotonic, req, spec
 
