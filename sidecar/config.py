@@ -25,8 +25,8 @@ from memsidecar.sidecar.blocks.lease.settings import LeaseSettings
 from memsidecar.sidecar.blocks.semantic.settings import SemanticSettings
 from memsidecar.sidecar.blocks.session.settings import SessionSettings
 from memsidecar.sidecar.blocks.settings import validate_namespace_name
-from memsidecar.sidecar.models import StrictModel
 from memsidecar.sidecar.errors import MemError
+from memsidecar.sidecar.models import StrictModel
 from memsidecar.sidecar.units import ByteSize
 
 

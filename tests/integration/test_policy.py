@@ -59,7 +59,7 @@ def test_policy_file_enforced_and_hot_reloaded(tmp_path: Path) -> None:
         MemSidecar(socket=proc.socket, retry=RetryPolicy(max_retries=0)) as m,
     ):
         m.kv.put("notes", "k", 1)
-        with pytest.raises(PermissionDeniedError, match="no-secrets.*secrets live elsewhere"):
+        with pytest.raises(PermissionDeniedError, match=r"no-secrets.*secrets live elsewhere"):
             m.kv.put("secret-stuff", "k", 1)
         with pytest.raises(ResourceExhaustedError, match="small-pages"):
             list(m.kv.scan("notes", limit=50))
