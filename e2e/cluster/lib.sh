@@ -26,15 +26,17 @@ log() { printf '[cluster/%s] %s\n' "${LOG_TAG:-cluster}" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # Print the pid of component $1 if it is running (pid file present, process
-# alive and really that binary); return 1 otherwise.
+# alive and started as that binary); return 1 otherwise.
 pid_of() {
-    local name="$1" pid exe
+    local name="$1" pid argv0
     [[ -f "$RUN/$name.pid" ]] || return 1
     pid="$(cat "$RUN/$name.pid" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-    [[ "${exe##*/}" == "$name" ]] || return 1
+    # argv[0] (as up.sh exec'd it), not /proc/PID/exe: that one changes when
+    # the binary is rebuilt or moved while the process runs.
+    argv0="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1 || true)"
+    [[ "${argv0##*/}" == "$name" ]] || return 1
     printf '%s\n' "$pid"
 }
 

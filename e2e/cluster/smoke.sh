@@ -13,7 +13,9 @@ LOG_TAG=smoke
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-eval "$("$HERE/up.sh")"
+# Two steps, so that a failing up.sh stops this script (eval "$(...)" would not).
+env_out="$("$HERE/up.sh")"
+eval "$env_out"
 WEBHOOK_PORT="${MEMSIDECAR_SMOKE_WEBHOOK_PORT:-58443}"
 NS="memsidecar-smoke-$$"
 WORK="$(mktemp -d)"

@@ -157,9 +157,11 @@ start() {
     log "$name: starting (log: $LOGS/$name.log)"
     printf '\n===== %s start %s =====\n' "$name" "$(date -u +%FT%TZ)" >>"$LOGS/$name.log"
     # The inner shell writes its own pid, then execs: the pid is the process's.
+    # fd 3 (our real stdout) is closed for it, or a caller's $(up.sh) would
+    # wait for the daemon to exit.
     # shellcheck disable=SC2016  # $$ and $@ belong to the inner shell
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$name.pid" "$@" \
-        </dev/null >>"$LOGS/$name.log" 2>&1 &
+        </dev/null >>"$LOGS/$name.log" 2>&1 3>&- &
     for _ in $(seq 50); do [[ -s "$RUN/$name.pid" ]] && break; sleep 0.1; done
 }
 
