@@ -102,6 +102,7 @@ class MemSidecar:
         self.semantic: Any = Blocking(self._async.semantic, self._runner)
         self.artifact: Any = Blocking(self._async.artifact, self._runner)
         self.lease: Any = Blocking(self._async.lease, self._runner)
+        self.session: Any = Blocking(self._async.session, self._runner)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> MemSidecar:
