@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%memsidecar/artifact/v1/artifact.proto\x12\x16memsidecar.artifact.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x0c\x41rtifactInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\tPutHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"Z\n\nPutRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.memsidecar.artifact.v1.PutHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x0bPutResponse\x12\x32\n\x04info\x18\x01 \x01(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfo\"K\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\"\\\n\x0bGetResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\",\n\x0bStatRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"B\n\x0cStatResponse\x12\x32\n\x04info\x18\x01 \x01(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfo\".\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"T\n\x0bListRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x13\n\x0bstart_after\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"a\n\x0cListResponse\x12\x37\n\tartifacts\x18\x01 \x03(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfo\x12\x18\n\x10next_start_after\x18\x02 \x01(\t2\xad\x03\n\x08\x41rtifact\x12P\n\x03Put\x12\".memsidecar.artifact.v1.PutRequest\x1a#.memsidecar.artifact.v1.PutResponse(\x01\x12P\n\x03Get\x12\".memsidecar.artifact.v1.GetRequest\x1a#.memsidecar.artifact.v1.GetResponse0\x01\x12Q\n\x04Stat\x12#.memsidecar.artifact.v1.StatRequest\x1a$.memsidecar.artifact.v1.StatResponse\x12W\n\x06\x44\x65lete\x12%.memsidecar.artifact.v1.DeleteRequest\x1a&.memsidecar.artifact.v1.DeleteResponse\x12Q\n\x04List\x12#.memsidecar.artifact.v1.ListRequest\x1a$.memsidecar.artifact.v1.ListResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%memsidecar/artifact/v1/artifact.proto\x12\x16memsidecar.artifact.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n\x0c\x41rtifactInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\tPutHeader\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x08\n\x06PutEnd\"\x89\x01\n\nPutRequest\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32!.memsidecar.artifact.v1.PutHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12-\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1e.memsidecar.artifact.v1.PutEndH\x00\x42\x06\n\x04part\"A\n\x0bPutResponse\x12\x32\n\x04info\x18\x01 \x01(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfo\"K\n\nGetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0e\n\x06length\x18\x04 \x01(\x03\"\\\n\x0bGetResponse\x12\x34\n\x04info\x18\x01 \x01(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\",\n\x0bStatRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"B\n\x0cStatResponse\x12\x32\n\x04info\x18\x01 \x01(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfo\".\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"T\n\x0bListRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x13\n\x0bstart_after\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"a\n\x0cListResponse\x12\x37\n\tartifacts\x18\x01 \x03(\x0b\x32$.memsidecar.artifact.v1.ArtifactInfo\x12\x18\n\x10next_start_after\x18\x02 \x01(\t2\xad\x03\n\x08\x41rtifact\x12P\n\x03Put\x12\".memsidecar.artifact.v1.PutRequest\x1a#.memsidecar.artifact.v1.PutResponse(\x01\x12P\n\x03Get\x12\".memsidecar.artifact.v1.GetRequest\x1a#.memsidecar.artifact.v1.GetResponse0\x01\x12Q\n\x04Stat\x12#.memsidecar.artifact.v1.StatRequest\x1a$.memsidecar.artifact.v1.StatResponse\x12W\n\x06\x44\x65lete\x12%.memsidecar.artifact.v1.DeleteRequest\x1a&.memsidecar.artifact.v1.DeleteResponse\x12Q\n\x04List\x12#.memsidecar.artifact.v1.ListRequest\x1a$.memsidecar.artifact.v1.ListResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARTIFACTINFO']._serialized_end=317
   _globals['_PUTHEADER']._serialized_start=319
   _globals['_PUTHEADER']._serialized_end=426
-  _globals['_PUTREQUEST']._serialized_start=428
-  _globals['_PUTREQUEST']._serialized_end=518
-  _globals['_PUTRESPONSE']._serialized_start=520
-  _globals['_PUTRESPONSE']._serialized_end=585
-  _globals['_GETREQUEST']._serialized_start=587
-  _globals['_GETREQUEST']._serialized_end=662
-  _globals['_GETRESPONSE']._serialized_start=664
-  _globals['_GETRESPONSE']._serialized_end=756
-  _globals['_STATREQUEST']._serialized_start=758
-  _globals['_STATREQUEST']._serialized_end=802
-  _globals['_STATRESPONSE']._serialized_start=804
-  _globals['_STATRESPONSE']._serialized_end=870
-  _globals['_DELETEREQUEST']._serialized_start=872
-  _globals['_DELETEREQUEST']._serialized_end=918
-  _globals['_DELETERESPONSE']._serialized_start=920
-  _globals['_DELETERESPONSE']._serialized_end=953
-  _globals['_LISTREQUEST']._serialized_start=955
-  _globals['_LISTREQUEST']._serialized_end=1039
-  _globals['_LISTRESPONSE']._serialized_start=1041
-  _globals['_LISTRESPONSE']._serialized_end=1138
-  _globals['_ARTIFACT']._serialized_start=1141
-  _globals['_ARTIFACT']._serialized_end=1570
+  _globals['_PUTEND']._serialized_start=428
+  _globals['_PUTEND']._serialized_end=436
+  _globals['_PUTREQUEST']._serialized_start=439
+  _globals['_PUTREQUEST']._serialized_end=576
+  _globals['_PUTRESPONSE']._serialized_start=578
+  _globals['_PUTRESPONSE']._serialized_end=643
+  _globals['_GETREQUEST']._serialized_start=645
+  _globals['_GETREQUEST']._serialized_end=720
+  _globals['_GETRESPONSE']._serialized_start=722
+  _globals['_GETRESPONSE']._serialized_end=814
+  _globals['_STATREQUEST']._serialized_start=816
+  _globals['_STATREQUEST']._serialized_end=860
+  _globals['_STATRESPONSE']._serialized_start=862
+  _globals['_STATRESPONSE']._serialized_end=928
+  _globals['_DELETEREQUEST']._serialized_start=930
+  _globals['_DELETEREQUEST']._serialized_end=976
+  _globals['_DELETERESPONSE']._serialized_start=978
+  _globals['_DELETERESPONSE']._serialized_end=1011
+  _globals['_LISTREQUEST']._serialized_start=1013
+  _globals['_LISTREQUEST']._serialized_end=1097
+  _globals['_LISTRESPONSE']._serialized_start=1099
+  _globals['_LISTRESPONSE']._serialized_end=1196
+  _globals['_ARTIFACT']._serialized_start=1199
+  _globals['_ARTIFACT']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

@@ -65,7 +65,8 @@ class ArtifactServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Put(self, request_iterator, context):
-        """First message: header; then data chunks. Replaces an existing artifact.
+        """First message: header; then data chunks; last message: end, which commits the
+        upload. Replaces an existing artifact atomically.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
