@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memsidecar.defaults import default_socket_path, runtime_dir
+from memsidecar.sidecar.auth.settings import AuthSettings
 from memsidecar.sidecar.blocks.artifact.settings import ArtifactSettings
 from memsidecar.sidecar.blocks.episodic.settings import EpisodicSettings
 from memsidecar.sidecar.blocks.kv.settings import KVSettings
@@ -113,6 +114,7 @@ class SidecarConfig(BaseSettings):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     blocks: BlocksSettings = Field(default_factory=BlocksSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where this config came from, for the start-up message.
     source: str = "embedded default"

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from memsidecar.sidecar.auth.scope import check_op, check_scope
 from memsidecar.sidecar.calls import CallInfo, parse_method
 from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.identity import (
@@ -59,7 +60,13 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _admit(self, info: CallInfo, message: Any) -> Decision:
         # current() is read once: the call sees one whole rule set.
-        request = PolicyRequest.from_message(current_identity(), info, message)
+        identity = current_identity()
+        request = PolicyRequest.from_message(identity, info, message)
+        # Scope before policy, so a refused call takes no rate-limit token.
+        if request.namespace:
+            check_scope(identity, info.block, request.namespace, info.op)
+        else:
+            check_op(identity, info.op)
         decision = self.policy.current().decide(request)
         decision.raise_if_rejected()
         return decision

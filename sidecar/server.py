@@ -15,11 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from memsidecar.sidecar.auth import AuthConfigError, ListenerAuthenticator, TokenVerifier
 from memsidecar.sidecar.blocks import BLOCK_TYPES
 from memsidecar.sidecar.blocks.base import Block, BlockContext
 from memsidecar.sidecar.clock import Clock, system_clock
 from memsidecar.sidecar.config import SidecarConfig
-from memsidecar.sidecar.identity import AmbientAuthenticator, Identity
+from memsidecar.sidecar.identity import Identity
 from memsidecar.sidecar.pipeline import CallPipeline
 from memsidecar.sidecar.policy.holder import PolicyHolder
 from memsidecar.sidecar.policy.loader import PolicyFileWatcher
@@ -98,9 +99,16 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
         ctx.blocks[block_type.name] = await block_type.build(ctx)
     identity = Identity(tenant=config.identity.tenant, agent=config.identity.agent)
     max_bytes = config.listen.max_message_bytes
+    if config.listen.tcp and not config.auth.keys:
+        raise AuthConfigError(
+            "listen.tcp is set but auth.keys is empty: TCP callers always need a token, so "
+            "nobody could call; add verification keys (docs/tokens.md) or drop listen.tcp"
+        )
+    verifier = TokenVerifier.from_settings(config.auth, clock) if config.auth.keys else None
+    authenticator = ListenerAuthenticator(config.auth, identity, verifier)
     policy = PolicyHolder()
     server = grpc.aio.server(
-        interceptors=[CallPipeline(AmbientAuthenticator(identity), policy)],
+        interceptors=[CallPipeline(authenticator, policy)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -150,6 +158,8 @@ def describe(sidecar: Sidecar) -> str:
         f"  config: {cfg.source}",
         f"  blocks: {drivers}",
         f"  identity: ambient tenant={cfg.identity.tenant} agent={cfg.identity.agent}",
+        f"  auth: socket={cfg.auth.socket} tcp={cfg.auth.tcp} "
+        f"keys={','.join(k.kid for k in cfg.auth.keys) or 'none'}",
         f"  policy: {cfg.policy.file or 'none (every call allowed)'}",
     ]
     if cfg.source.startswith("embedded default"):

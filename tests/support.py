@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +44,30 @@ def database_overrides() -> dict[str, Any]:
                 overrides[f"blocks.{block_type.name}.options"] = {"dsn": PG_TEST_DSN}
                 break
     return overrides
+
+
+def token_auth(
+    key_dir: Path,
+    tenant: str = "default",
+    namespaces: tuple[str, ...] = ("kv/*",),
+    ops: tuple[str, ...] = ("kv.*",),
+) -> tuple[dict[str, str], str]:
+    """Env that makes a sidecar accept tokens from a fresh key, and one such token."""
+    from memsidecar.sidecar.auth.keys import load_private_key, write_key_pair
+    from memsidecar.sidecar.auth.tokens import issue_token
+
+    keys = write_key_pair(key_dir, "k1")
+    token = issue_token(
+        load_private_key(keys.private),
+        kid="k1",
+        tenant=tenant,
+        agent="tool",
+        namespaces=list(namespaces),
+        ops=list(ops),
+        ttl=600,
+    )
+    keys_json = json.dumps([{"kid": "k1", "public_key_file": str(keys.public)}])
+    return {"MEMSIDECAR_AUTH__KEYS": keys_json}, token
 
 
 def unique_tenant() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from memsidecar.sidecar.auth.keys import AuthConfigError
 from memsidecar.sidecar.backends.postgres import SchemaOutdated
 from memsidecar.sidecar.blocks.registry import DriverConfigError
 from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
@@ -49,7 +50,7 @@ def serve(
     )
     try:
         asyncio.run(run(cfg, ready_file))
-    except (DriverConfigError, SchemaOutdated, PolicyError) as exc:
+    except (DriverConfigError, SchemaOutdated, PolicyError, AuthConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     except MemError as exc:
         raise click.ClickException(f"cannot start: {exc.message}") from exc

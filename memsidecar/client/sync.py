@@ -67,6 +67,13 @@ class Blocking:
     def _wrap(self, value: Any) -> Any:
         return Blocking(value, self._runner) if isinstance(value, Bridged) else value
 
+    def __enter__(self) -> Blocking:
+        self._wrap(self._runner.run(self._inner.__aenter__()))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._runner.run(self._inner.__aexit__(*exc_info))
+
     def __repr__(self) -> str:
         return f"Blocking({self._inner!r})"
 

@@ -28,7 +28,7 @@ NS = TypeVar("NS", bound=NamespaceSettings)
 def validate_namespace_name(namespace: str) -> str:
     if not namespace:
         raise InvalidArgument("namespace is required; pass e.g. namespace='scratch'")
-    if not NAMESPACE_RE.match(namespace):
+    if not NAMESPACE_RE.fullmatch(namespace):
         raise InvalidArgument(
             f"namespace {namespace!r} is invalid: use 1-128 characters of letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"

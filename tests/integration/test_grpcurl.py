@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import sidecar_process
+from tests.support import sidecar_process, token_auth
 
 
 def grpcurl() -> str:
@@ -27,8 +27,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([grpcurl(), *args], capture_output=True, text=True, timeout=60)
 
 
-def test_list_describe_and_call_without_protos() -> None:
-    with sidecar_process(["--tcp", "127.0.0.1:0"]) as proc:
+def test_list_describe_and_call_without_protos(tmp_path: Path) -> None:
+    env, _ = token_auth(tmp_path)
+    with sidecar_process(["--tcp", "127.0.0.1:0"], env=env) as proc:
         address = f"unix://{proc.socket}"
         listed = run("-plaintext", address, "list")
         assert listed.returncode == 0, listed.stderr

@@ -6,28 +6,42 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from memsidecar import AsyncMemSidecar, MemSidecar
+from memsidecar import AsyncMemSidecar, MemSidecar, RetryPolicy
+from memsidecar.client.errors import PermissionDeniedError, UnauthenticatedError
 from memsidecar.sidecar.blocks import BLOCK_TYPES
-from tests.support import sidecar_process
+from tests.support import sidecar_process, token_auth
 
 
-def test_embedded_default_serves_on_socket_and_tcp_and_says_where() -> None:
-    with sidecar_process(["--tcp", "127.0.0.1:0"]) as proc:
+def test_serves_on_socket_and_tcp_with_tokens_and_says_where(tmp_path: Path) -> None:
+    env, token = token_auth(tmp_path)
+    with sidecar_process(["--tcp", "127.0.0.1:0"], env=env) as proc:
         assert proc.addresses[0] == f"unix:{proc.socket}"
         assert proc.addresses[1].startswith("127.0.0.1:")
         banner = proc.log.read_text()
         assert f"memsidecar serving on unix:{proc.socket}" in banner
-        assert "embedded default" in banner
+        assert "embedded default" in banner and "keys=k1" in banner
         with MemSidecar(socket=proc.socket) as m:
             m.kv.put("it", "k", "socket")
-        with MemSidecar(target=proc.addresses[1]) as m:
+        with MemSidecar(target=proc.addresses[1], token=token) as m:
             assert m.kv.get("it", "k").value == "socket"
+            with pytest.raises(PermissionDeniedError):
+                m.episodic.append("it", "note")
+        with MemSidecar(target=proc.addresses[1], retry=RetryPolicy(max_retries=0)) as m:
+            with pytest.raises(UnauthenticatedError, match="x-memsidecar-capability"):
+                m.kv.get("it", "k")
+
+
+def test_tcp_without_keys_refuses_to_start() -> None:
+    with pytest.raises(RuntimeError, match=r"auth\.keys is empty"):
+        with sidecar_process(["--tcp", "127.0.0.1:0"], timeout=20):
+            pass
 
 
 def test_socket_env_var_is_how_agents_find_the_sidecar(monkeypatch: pytest.MonkeyPatch) -> None:
