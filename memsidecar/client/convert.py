@@ -47,10 +47,21 @@ def to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return s
 
 
+def integral(data: Any) -> Any:
+    """JSON numbers travel as doubles in protobuf Struct; give whole numbers back as int."""
+    if isinstance(data, float) and data.is_integer() and abs(data) <= 2**53:
+        return int(data)
+    if isinstance(data, dict):
+        return {k: integral(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [integral(v) for v in data]
+    return data
+
+
 def from_struct(message: Any, field: str) -> dict[str, Any]:
     if not message.HasField(field):
         return {}
-    return json_format.MessageToDict(getattr(message, field))  # type: ignore[no-any-return]
+    return integral(json_format.MessageToDict(getattr(message, field)))  # type: ignore[no-any-return]
 
 
 def to_value(data: Any) -> struct_pb2.Value:
@@ -60,4 +71,4 @@ def to_value(data: Any) -> struct_pb2.Value:
 
 
 def from_value(v: struct_pb2.Value) -> Any:
-    return json_format.MessageToDict(v)
+    return integral(json_format.MessageToDict(v))

@@ -132,3 +132,17 @@ def test_probe_command_reports_serving_and_fails_without_sidecar() -> None:
     )
     assert gone.returncode != 0
     assert "UNAVAILABLE" in gone.stderr
+
+
+def test_demo_agent_uses_every_block() -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/demo.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "MEMSIDECAR_SOCKET"},
+    )
+    assert result.returncode == 0, result.stderr
+    for block in ["kv", "episodic", "semantic", "artifact", "lease", "session"]:
+        assert f"[{block:8}]" in result.stdout
+    assert "done: every block answered." in result.stdout
