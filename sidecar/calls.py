@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from dataclasses import dataclass
 
@@ -28,3 +30,20 @@ def parse_method(path: str) -> CallInfo | None:
         return None
     block, _service, method = m.groups()
     return CallInfo(block=block, method=method, op=f"{block}.{snake(method)}")
+
+
+BLOCKS: tuple[str, ...] = ("kv", "episodic", "semantic", "artifact", "lease", "session")
+
+
+@functools.cache
+def ops_by_block() -> dict[str, tuple[str, ...]]:
+    """Every block's methods in op spelling ("list_sessions"), read from the wire API."""
+    ops: dict[str, tuple[str, ...]] = {}
+    for block in BLOCKS:
+        module = importlib.import_module(f"memsidecar.{block}.v1.{block}_pb2")
+        ops[block] = tuple(
+            snake(method.name)
+            for service in module.DESCRIPTOR.services_by_name.values()
+            for method in service.methods
+        )
+    return ops

@@ -16,16 +16,14 @@ glob's block part cannot be escaped. Identities with an empty `namespaces` or
 
 from __future__ import annotations
 
-import functools
-import importlib
 import re
 from fnmatch import fnmatchcase
 
 from memsidecar.sidecar.blocks.settings import NAMESPACE_RE, validate_namespace_name
+from memsidecar.sidecar.calls import BLOCKS, ops_by_block
 from memsidecar.sidecar.errors import InvalidArgument, PermissionDenied
 from memsidecar.sidecar.identity import Identity
 
-BLOCKS: tuple[str, ...] = ("kv", "episodic", "semantic", "artifact", "lease", "session")
 MAX_GLOB_CHARS = 200
 
 # Characters outside "[...]" in each part of a glob, and inside "[...]".
@@ -33,23 +31,6 @@ _BLOCK_CHARS = re.compile(r"[a-z0-9_*?]")
 _NAMESPACE_CHARS = re.compile(r"[A-Za-z0-9._*?\-]")
 _METHOD_CHARS = re.compile(r"[a-z0-9_*?]")
 _CLASS_BODY = re.compile(r"[A-Za-z0-9._\-]+")
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-@functools.cache
-def known_ops() -> dict[str, tuple[str, ...]]:
-    """Every block's methods in op spelling ("list_sessions"), read from the wire API."""
-    ops: dict[str, tuple[str, ...]] = {}
-    for block in BLOCKS:
-        module = importlib.import_module(f"memsidecar.{block}.v1.{block}_pb2")
-        methods: list[str] = []
-        for service in module.DESCRIPTOR.services_by_name.values():
-            methods.extend(_snake(m.name) for m in service.methods)
-        ops[block] = tuple(methods)
-    return ops
 
 
 def validate_name(value: str, what: str = "namespace") -> str:
@@ -123,7 +104,7 @@ def validate_op_pattern(op: str) -> str:
 
 
 def _op_names() -> tuple[list[str], list[str]]:
-    table = known_ops()
+    table = ops_by_block()
     full = [f"{block}.{method}" for block, methods in table.items() for method in methods]
     methods = sorted({m for ms in table.values() for m in ms})
     return full, methods
@@ -150,7 +131,7 @@ def validate_for_issue(namespaces: list[str], ops: list[str]) -> None:
         if "." in op:
             if not any(fnmatchcase(name, op) for name in full):
                 block = op.partition(".")[0]
-                known = known_ops().get(block)
+                known = ops_by_block().get(block)
                 hint = (
                     f"block {block} has methods {', '.join(known)}"
                     if known

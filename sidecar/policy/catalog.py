@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import importlib
 
-from memsidecar.sidecar.calls import snake
+from memsidecar.sidecar.calls import BLOCKS, ops_by_block
 
-BLOCKS: tuple[str, ...] = ("kv", "episodic", "semantic", "artifact", "lease", "session")
+__all__ = ["BLOCKS", "known_methods", "known_ops"]
 
 
 @functools.cache
 def known_ops() -> frozenset[str]:
     """Every "<block>.<method>" the sidecar's services define."""
-    ops: set[str] = set()
-    for block in BLOCKS:
-        module = importlib.import_module(f"memsidecar.{block}.v1.{block}_pb2")
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                ops.add(f"{block}.{snake(method.name)}")
-    return frozenset(ops)
+    return frozenset(f"{block}.{m}" for block, methods in ops_by_block().items() for m in methods)
 
 
 @functools.cache

@@ -7,11 +7,11 @@ import pytest
 from memsidecar.sidecar.auth.scope import (
     check_op,
     check_scope,
-    known_ops,
     validate_for_issue,
     validate_namespace_glob,
     validate_op_pattern,
 )
+from memsidecar.sidecar.calls import ops_by_block
 from memsidecar.sidecar.errors import InvalidArgument, PermissionDenied
 from memsidecar.sidecar.identity import Identity
 
@@ -33,7 +33,7 @@ def allowed(identity: Identity, block: str, namespace: str, op: str) -> bool:
 
 
 def test_ambient_identities_are_unrestricted() -> None:
-    for block, ops in known_ops().items():
+    for block, ops in ops_by_block().items():
         for method in ops:
             check_scope(AMBIENT, block, "anything", f"{block}.{method}")
             check_op(AMBIENT, f"{block}.{method}")
@@ -221,7 +221,7 @@ def test_malformed_op_patterns(op: str) -> None:
 
 
 def test_known_ops_come_from_the_wire_api() -> None:
-    ops = known_ops()
+    ops = ops_by_block()
     assert set(ops) == {"kv", "episodic", "semantic", "artifact", "lease", "session"}
     assert "put" in ops["kv"] and "increment" in ops["kv"]
     assert "list_sessions" in ops["episodic"]
