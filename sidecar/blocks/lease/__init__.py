@@ -14,6 +14,7 @@ from memsidecar.sidecar.blocks.lease.service import LeaseService, SessionCheck
 class LeaseBlock(Block):
     name = "lease"
     service_name = "memsidecar.lease.v1.Lease"
+    drivers = DRIVERS
 
     def __init__(self, driver: LeaseDriver, ctx: BlockContext) -> None:
         self.driver = driver

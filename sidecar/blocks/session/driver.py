@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from memsidecar.sidecar.errors import FailedPrecondition, NotFound
+from memsidecar.sidecar.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+)
 
 State = Literal["open", "closed", "orphaned"]
 OnOrphan = Literal["checkpoint_and_close", "abort_quietly"]
@@ -97,4 +102,18 @@ def not_open(record: SessionRecord) -> FailedPrecondition:
         why = f"was closed at {at}"
     return FailedPrecondition(
         f"session {record.session_id!r} {why}; Open a new session (its leases were released)"
+    )
+
+
+def already_exists(session_id: str, state: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"session {session_id!r} already exists ({state}); "
+        "pick another session_id or leave it empty for a generated one"
+    )
+
+
+def too_many_open(max_open: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"this tenant already has {max_open} open sessions, the limit "
+        "(blocks.session.max_open_sessions); close sessions you no longer use"
     )

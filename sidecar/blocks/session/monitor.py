@@ -52,6 +52,9 @@ class HeartbeatMonitor:
         self._watches[key] = _Watch(deadline, loop.call_at(deadline, self._fire, key))
         return True
 
+    def watching(self, tenant: str, session_id: str) -> bool:
+        return (tenant, session_id) in self._watches
+
     def overdue(self, tenant: str, session_id: str) -> bool:
         """Whether the session missed its deadline (its orphaning may still be under way)."""
         watch = self._watches.get((tenant, session_id))

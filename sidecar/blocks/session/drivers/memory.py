@@ -12,11 +12,12 @@ from memsidecar.sidecar.blocks.registry import parse_options
 from memsidecar.sidecar.blocks.session.driver import (
     Ended,
     SessionRecord,
+    already_exists,
     not_found,
     not_open,
+    too_many_open,
 )
 from memsidecar.sidecar.blocks.settings import NoOptions
-from memsidecar.sidecar.errors import AlreadyExists, ResourceExhausted
 
 
 class MemorySessions:
@@ -30,15 +31,9 @@ class MemorySessions:
         table = self._sessions.setdefault(tenant, {})
         existing = table.get(record.session_id)
         if existing is not None:
-            raise AlreadyExists(
-                f"session {record.session_id!r} already exists ({existing.state}); "
-                "pick another session_id or leave it empty for a generated one"
-            )
+            raise already_exists(record.session_id, existing.state)
         if self._open_count.get(tenant, 0) >= max_open:
-            raise ResourceExhausted(
-                f"this tenant already has {max_open} open sessions, the limit "
-                "(blocks.session.max_open_sessions); close sessions you no longer use"
-            )
+            raise too_many_open(max_open)
         table[record.session_id] = record
         self._open_count[tenant] = self._open_count.get(tenant, 0) + 1
 

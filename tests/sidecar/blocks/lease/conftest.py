@@ -10,17 +10,24 @@ import pytest
 from memsidecar.client import AsyncMemSidecar
 from memsidecar.client.blocks.lease import AsyncLease
 from memsidecar.sidecar.server import Sidecar
-from tests.support import ManualClock, running_sidecar
+from tests.support import PG_TEST_DSN, ManualClock, running_sidecar, unique_tenant
 
 LEASE_DRIVERS: dict[str, dict[str, Any]] = {
     "memory": {"blocks.lease.driver": "memory"},
+    "postgres": {"blocks.lease.driver": "postgres", "blocks.lease.options": {"dsn": PG_TEST_DSN}},
 }
+
+
+def lease_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres")
+    return {**LEASE_DRIVERS[request.param], **unique_tenant()}
 
 
 @pytest.fixture(params=sorted(LEASE_DRIVERS))
 async def lease(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[AsyncLease]:
     """A lease client on a sidecar whose wall clock the test moves by hand."""
-    async with running_sidecar(LEASE_DRIVERS[request.param], clock=clock) as (_, client):
+    async with running_sidecar(lease_overrides(request), clock=clock) as (_, client):
         yield client.lease
 
 
@@ -29,7 +36,7 @@ async def realtime_sidecar(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[Sidecar, AsyncMemSidecar]]:
     """A sidecar on the system clock, for expiry while someone waits, and its client."""
-    async with running_sidecar(LEASE_DRIVERS[request.param]) as pair:
+    async with running_sidecar(lease_overrides(request)) as pair:
         yield pair
 
 

@@ -11,10 +11,11 @@ import pytest
 
 from memsidecar.client import AsyncMemSidecar
 from memsidecar.sidecar.server import Sidecar
-from tests.support import running_sidecar
+from tests.support import PG_TEST_DSN, running_sidecar, unique_tenant
 
 SESSION_DRIVERS: dict[str, dict[str, Any]] = {
     "memory": {"blocks.lease.driver": "memory"},
+    "postgres": {"blocks.lease.driver": "postgres", "blocks.lease.options": {"dsn": PG_TEST_DSN}},
 }
 
 Started = contextlib.AbstractAsyncContextManager[tuple[Sidecar, AsyncMemSidecar]]
@@ -23,7 +24,9 @@ Started = contextlib.AbstractAsyncContextManager[tuple[Sidecar, AsyncMemSidecar]
 @pytest.fixture(params=sorted(SESSION_DRIVERS))
 def start_sidecar(request: pytest.FixtureRequest) -> Callable[..., Started]:
     """`async with start_sidecar({"blocks.session.x": ...}, clock=...) as (sidecar, client)`."""
-    base = SESSION_DRIVERS[request.param]
+    if request.param == "postgres":
+        request.getfixturevalue("postgres")
+    base = {**SESSION_DRIVERS[request.param], **unique_tenant()}
 
     def start(overrides: dict[str, Any] | None = None, clock: Any = None) -> Started:
         return running_sidecar({**base, **(overrides or {})}, clock=clock)

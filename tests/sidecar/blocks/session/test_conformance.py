@@ -316,7 +316,7 @@ async def test_sessions_are_scoped_by_tenant(
     s = await client.session.open()
     block = sidecar.blocks["session"]
     assert isinstance(block, SessionBlock)
-    await block.service.check_open("default", s.session_id)
+    await block.service.check_open(sidecar.config.identity.tenant, s.session_id)
     with pytest.raises(Exception, match="not found"):
         await block.service.check_open("other-tenant", s.session_id)
     await s.close()
@@ -384,18 +384,18 @@ async def test_open_sessions_found_at_start_are_watched(
         last_heartbeat_at=now - 50,
         checkpoint_namespace="sessions",
     )
-    await block.driver.create("default", record, 10)
+    await block.driver.create(sidecar.config.identity.tenant, record, 10)
     await block.start()
-    assert block.service.monitor.overdue("default", "from-before") is False
+    assert block.service.monitor.overdue(sidecar.config.identity.tenant, "from-before") is False
     [response] = await keep_alive_once(client, "from-before")
     assert response.session_id == "from-before"
 
     async def orphaned() -> bool:
-        record = await block.driver.get("default", "from-before")
+        record = await block.driver.get(sidecar.config.identity.tenant, "from-before")
         return record is not None and record.state == "orphaned"
 
     await eventually(orphaned, timeout=3)
-    assert len(block.service.monitor) == 0
+    assert not block.service.monitor.watching(sidecar.config.identity.tenant, "from-before")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await keep_alive_once(client, "from-before")
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
