@@ -129,3 +129,44 @@ def test_postgres_outage_is_unavailable_then_recovers_with_acknowledged_writes(
             assert sorted(found) == sorted(acknowledged)
             again.kv.put("outage", "after", 1)
             assert again.kv.get("outage", "during") is None
+
+
+def test_lease_mutual_exclusion_across_two_sidecars(postgres: str) -> None:
+    """Holders on two sidecar processes contend for one key: never two at once,
+    and fencing tokens strictly increase in the order the lease changed hands."""
+    env = {
+        "MEMSIDECAR_BLOCKS__LEASE__DRIVER": "postgres",
+        "MEMSIDECAR_BLOCKS__LEASE__OPTIONS": f'{{"dsn": "{postgres}"}}',
+        "MEMSIDECAR_IDENTITY__TENANT": f"t-{uuid.uuid4().hex[:8]}",
+    }
+    with sidecar_process(env=env) as a, sidecar_process(env=env) as b:
+
+        async def contend() -> list[tuple[int, int, int]]:
+            clients = [AsyncMemSidecar(socket=p.socket) for p in (a, b)]
+            inside: list[int] = []
+            history: list[tuple[int, int, int]] = []
+
+            async def worker(n: int) -> None:
+                lease = clients[n % 2].lease
+                for _ in range(5):
+                    held = await lease.acquire(
+                        "locks", "the-key", ttl=10, wait_for=20, holder_id=f"w{n}"
+                    )
+                    inside.append(n)
+                    assert len(inside) == 1, f"two holders at once: {inside}"
+                    history.append((n, held.fencing_token, len(history)))
+                    await asyncio.sleep(0.005)
+                    inside.remove(n)
+                    await lease.release(
+                        "locks", "the-key", holder_id=f"w{n}", fencing_token=held.fencing_token
+                    )
+
+            await asyncio.gather(*(worker(n) for n in range(6)))
+            for c in clients:
+                await c.close()
+            return history
+
+        history = asyncio.run(contend())
+    tokens = [token for _, token, _ in history]
+    assert len(tokens) == 30
+    assert tokens == sorted(tokens) and len(set(tokens)) == 30
