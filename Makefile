@@ -22,12 +22,15 @@ run: setup ## Serve the sidecar on the embedded default (or CONFIG=path)
 demo: setup ## Start the sidecar on the embedded default and run the demo agent against it
 	$(BIN)/python examples/demo.py
 
-services: ## Install and start the test ground on loopback: Postgres+pgvector, MinIO, grpcurl
+services: ## Install and start the test ground on loopback: Postgres+pgvector, MinIO, Kubernetes, grpcurl
 	scripts/postgres.sh up >/dev/null
 	scripts/minio.sh up >/dev/null
 	scripts/tools.sh >/dev/null
+	e2e/cluster/build.sh >/dev/null
+	e2e/cluster/up.sh >/dev/null
 
 services-down: ## Stop the test-ground servers (data is kept)
+	-e2e/cluster/down.sh
 	-scripts/minio.sh down
 	-scripts/postgres.sh down
 
