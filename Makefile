@@ -8,10 +8,10 @@ PROTOS := $(shell find proto -name '*.proto')
 
 .PHONY: setup services services-down run demo test lint proto proto-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install memsidecar with its dev tools
