@@ -20,10 +20,14 @@ from memsidecar.sidecar.blocks import BLOCK_TYPES
 from memsidecar.sidecar.blocks.base import Block, BlockContext
 from memsidecar.sidecar.clock import Clock, system_clock
 from memsidecar.sidecar.config import SidecarConfig
+from memsidecar.sidecar.gateway import GatewayAwareAuthenticator, HttpGateway, build_gateway
 from memsidecar.sidecar.identity import Identity
+from memsidecar.sidecar.observability.backend import observing
+from memsidecar.sidecar.observability.core import Observability
 from memsidecar.sidecar.pipeline import CallPipeline
 from memsidecar.sidecar.policy.holder import PolicyHolder
 from memsidecar.sidecar.policy.loader import PolicyFileWatcher
+from memsidecar.sidecar.tls import CertificateReloader
 
 log = logging.getLogger("memsidecar.server")
 
@@ -38,16 +42,28 @@ class Sidecar:
     health: Any
     policy: PolicyHolder = field(default_factory=PolicyHolder)
     policy_watcher: PolicyFileWatcher | None = None
+    # Metrics endpoint, tracing, access log (observability.*); also the pipeline's observer.
+    observability: Observability | None = None
     addresses: list[str] = field(default_factory=list)
+    # The HTTP/JSON gateway (listen.http), started after the gRPC server it forwards to.
+    gateway: HttpGateway | None = None
+    # The TCP listener's TLS files, reloaded on change (listen.tls).
+    tls: CertificateReloader | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         if self.policy_watcher is not None:
             # Raises on an invalid file: never serve with allow-all by accident.
             await self.policy_watcher.start()
+        if self.observability is not None:
+            await self.observability.start()
         await self.server.start()
-        for block in self.blocks.values():
-            await block.start()
+        if self.gateway is not None:
+            self.addresses.append(await self.gateway.start())
+        # Background tasks the blocks start (sweepers, timers) report backend calls too.
+        with observing(self.observability):
+            for block in self.blocks.values():
+                await block.start()
         await self.check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
 
@@ -73,12 +89,18 @@ class Sidecar:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.gateway is not None:
+            await self.gateway.stop()
         await self.health.enter_graceful_shutdown()
+        for block in self.blocks.values():
+            await block.end_streams()
         await self.server.stop(self.config.listen.shutdown_grace_seconds)
         if self.policy_watcher is not None:
             await self.policy_watcher.stop()
         for block in reversed(list(self.blocks.values())):
             await block.close()
+        if self.observability is not None:
+            await self.observability.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.listen.socket.unlink()
 
@@ -105,10 +127,15 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
             "nobody could call; add verification keys (docs/tokens.md) or drop listen.tcp"
         )
     verifier = TokenVerifier.from_settings(config.auth, clock) if config.auth.keys else None
-    authenticator = ListenerAuthenticator(config.auth, identity, verifier)
+    # Gateway calls arrive on the socket but are held to the TCP rule (sidecar/gateway/auth.py).
+    authenticator = GatewayAwareAuthenticator(
+        ListenerAuthenticator(config.auth, identity, verifier)
+    )
+    tls = CertificateReloader(config.listen.tls) if config.listen.tls else None
     policy = PolicyHolder()
+    observability = Observability(config.observability, ctx.blocks)
     server = grpc.aio.server(
-        interceptors=[CallPipeline(authenticator, policy)],
+        interceptors=[CallPipeline(authenticator, policy, observability)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -128,6 +155,10 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
         server,
     )
     sidecar = Sidecar(config, server, ctx.blocks, health_servicer, policy)
+    sidecar.observability = observability
+    if config.listen.http:
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        sidecar.gateway = build_gateway(config, [*names, health_name])
     if config.policy.file is not None:
         sidecar.policy_watcher = PolicyFileWatcher(
             config.policy.file,
@@ -140,7 +171,11 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
     os.chmod(config.listen.socket, int(config.listen.socket_mode, 8))
     sidecar.addresses.append(unix)
     if config.listen.tcp:
-        port = server.add_insecure_port(config.listen.tcp)
+        if tls is not None:
+            sidecar.tls = tls
+            port = server.add_secure_port(config.listen.tcp, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(config.listen.tcp)
         host = config.listen.tcp.rpartition(":")[0]
         sidecar.addresses.append(f"{host}:{port}")
     return sidecar
@@ -162,6 +197,12 @@ def describe(sidecar: Sidecar) -> str:
         f"keys={','.join(k.kid for k in cfg.auth.keys) or 'none'}",
         f"  policy: {cfg.policy.file or 'none (every call allowed)'}",
     ]
+    if sidecar.observability is not None:
+        lines.append(f"  observability: {sidecar.observability.describe()}")
+    if sidecar.tls is not None:
+        lines.append(f"  tls: {sidecar.tls}, reloaded when the files change")
+    if sidecar.gateway is not None:
+        lines.append(f"  http gateway: {sidecar.gateway.url} (token required)")
     if cfg.source.startswith("embedded default"):
         lines.append(
             "  embedded default: memory is in-process and lost on exit; artifacts on local disk "

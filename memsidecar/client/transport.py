@@ -68,10 +68,24 @@ class Transport:
             lambda: method(request, timeout=self.timeout, metadata=self.metadata)
         )
 
-    def stream(
+    async def stream(
         self, method: Callable[..., AsyncIterator[Resp]], request: Any
     ) -> AsyncIterator[Resp]:
-        return self.retry.stream(lambda: method(request, metadata=self.metadata))
+        """A server stream with retries, cancelled on the sidecar as soon as the caller
+        stops iterating (a live tail would otherwise run on for ever)."""
+        calls: list[Any] = []
+
+        def open_call() -> AsyncIterator[Resp]:
+            call = method(request, metadata=self.metadata)
+            calls.append(call)
+            return call
+
+        try:
+            async for item in self.retry.stream(open_call):
+                yield item
+        finally:
+            for call in calls:
+                call.cancel()
 
     async def close(self) -> None:
         await self.channel.close(None)

@@ -46,6 +46,10 @@ class Block(ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook, most blocks need none
         """Start background work (sweepers, monitors); called once the server is up."""
 
+    async def end_streams(self) -> None:  # noqa: B027 - optional hook
+        """End long-lived streams (tails, keep-alives) at shutdown, before the server
+        drains, so they finish with a resume hint instead of holding the grace period."""
+
     @abstractmethod
     async def health(self) -> bool:
         """Whether the block's backend answers; reported through grpc.health.v1."""

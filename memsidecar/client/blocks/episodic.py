@@ -109,23 +109,6 @@ class AsyncEpisodic:
         self._t = transport
         self._stub = episodic_pb2_grpc.EpisodicStub(transport.channel)
 
-    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
-        """A server stream with the transport's retries that is cancelled on the
-        sidecar as soon as the caller stops iterating (a tail never ends by itself)."""
-        calls: list[Any] = []
-
-        def open_call() -> AsyncIterator[Any]:
-            call = method(request, metadata=self._t.metadata)
-            calls.append(call)
-            return call  # type: ignore[no-any-return]
-
-        try:
-            async for item in self._t.retry.stream(open_call):
-                yield item
-        finally:
-            for call in calls:
-                call.cancel()
-
     async def append(
         self,
         namespace: str,
@@ -184,7 +167,7 @@ class AsyncEpisodic:
             reverse=reverse,
             limit=limit,
         )
-        async for e in self._stream(self._stub.Range, request):
+        async for e in self._t.stream(self._stub.Range, request):
             yield _event(e)
 
     async def range_all(
@@ -248,7 +231,7 @@ class AsyncEpisodic:
             session_id=session_id,
             types=_types(types),
         )
-        async for e in self._stream(self._stub.Tail, request):
+        async for e in self._t.stream(self._stub.Tail, request):
             yield _event(e)
 
     async def list_sessions(

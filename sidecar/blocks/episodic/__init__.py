@@ -43,7 +43,10 @@ class EpisodicBlock(Block):
     async def health(self) -> bool:
         return await self.driver.health()
 
+    async def end_streams(self) -> None:
+        # Wake every live tail so each ends with a resume hint.
+        self.service.close()
+
     async def close(self) -> None:
-        # Wake every live tail first so each ends with a resume hint, then the backend.
         self.service.close()
         await self.driver.close()
