@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memsidecar.defaults import default_socket_path, runtime_dir
@@ -28,6 +28,7 @@ from memsidecar.sidecar.blocks.session.settings import SessionSettings
 from memsidecar.sidecar.blocks.settings import validate_namespace_name
 from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.models import StrictModel
+from memsidecar.sidecar.tls import TLSSettings
 from memsidecar.sidecar.units import ByteSize
 
 
@@ -42,6 +43,10 @@ class ListenSettings(StrictModel):
     socket_mode: str = "0660"
     # Optional TCP listener, "host:port" (e.g. 127.0.0.1:7070).
     tcp: str | None = None
+    # TLS / mTLS on the TCP listener, reloaded when the files change (docs/tls.md).
+    tls: TLSSettings | None = None
+    # Optional HTTP/JSON gateway, "host:port" (docs/gateway.md); callers need a token.
+    http: str | None = None
     max_message_bytes: ByteSize = 8 * 1024 * 1024
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
@@ -57,15 +62,24 @@ class ListenSettings(StrictModel):
             raise ValueError(f"socket_mode {value!r} must be between 0000 and 0777")
         return value
 
-    @field_validator("tcp")
+    @field_validator("tcp", "http")
     @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
+    def _host_port(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"tcp {value!r} must be host:port, e.g. 127.0.0.1:7070")
+            raise ValueError(f"{info.field_name} {value!r} must be host:port, e.g. 127.0.0.1:7070")
         return value
+
+    @model_validator(mode="after")
+    def _tls_needs_tcp(self) -> ListenSettings:
+        if self.tls is not None and self.tcp is None:
+            raise ValueError(
+                "tls is set but tcp is not: TLS applies to the TCP listener (the socket is "
+                "local); set listen.tcp or drop listen.tls"
+            )
+        return self
 
 
 class IdentitySettings(StrictModel):

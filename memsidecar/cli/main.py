@@ -16,6 +16,7 @@ from memsidecar.sidecar.blocks.registry import DriverConfigError
 from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
 from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.policy.model import PolicyError
+from memsidecar.sidecar.tls import TLSConfigError
 
 
 def _load(config: Path | None, overrides: dict[str, Any]) -> SidecarConfig:
@@ -35,14 +36,22 @@ def main() -> None:
 @click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
 @click.option("--socket", type=click.Path(path_type=Path), help="Unix socket path to serve on")
 @click.option("--tcp", help="also serve on host:port, e.g. 127.0.0.1:7070")
+@click.option("--http", help="also serve the HTTP/JSON gateway on host:port (docs/gateway.md)")
 @click.option("--ready-file", help="write the served addresses here once serving")
 def serve(
-    config: Path | None, socket: Path | None, tcp: str | None, ready_file: str | None
+    config: Path | None,
+    socket: Path | None,
+    tcp: str | None,
+    http: str | None,
+    ready_file: str | None,
 ) -> None:
     """Serve every memory block (no --config: the embedded in-memory default)."""
     from memsidecar.sidecar.server import serve as run
 
-    cfg = _load(config, {"listen.socket": str(socket) if socket else None, "listen.tcp": tcp})
+    cfg = _load(
+        config,
+        {"listen.socket": str(socket) if socket else None, "listen.tcp": tcp, "listen.http": http},
+    )
     logging.basicConfig(
         level=cfg.log_level.upper(),
         stream=sys.stderr,
@@ -50,7 +59,7 @@ def serve(
     )
     try:
         asyncio.run(run(cfg, ready_file))
-    except (DriverConfigError, SchemaOutdated, PolicyError, AuthConfigError) as exc:
+    except (DriverConfigError, SchemaOutdated, PolicyError, AuthConfigError, TLSConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     except MemError as exc:
         raise click.ClickException(f"cannot start: {exc.message}") from exc

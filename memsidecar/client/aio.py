@@ -15,6 +15,7 @@ from memsidecar.client.blocks.lease import AsyncLease
 from memsidecar.client.blocks.semantic import AsyncSemantic
 from memsidecar.client.blocks.session import AsyncSession
 from memsidecar.client.retry import RetryPolicy
+from memsidecar.client.tls import TLSFiles, channel_credentials
 from memsidecar.client.transport import Transport, resolve_target
 
 DEFAULT_TIMEOUT = 30.0
@@ -32,8 +33,11 @@ class AsyncMemSidecar:
         retry: RetryPolicy | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.target = resolve_target(socket, target)
+        # TLS: `tls`, or MEMSIDECAR_TLS_CA/_CERT/_KEY for TCP targets (docs/tls.md).
+        credentials = channel_credentials(self.target, tls, credentials)
         self.transport = Transport.open(
             self.target, retry or RetryPolicy(), timeout, token, credentials
         )
