@@ -28,6 +28,7 @@ from memsidecar.sidecar.blocks.session.settings import SessionSettings
 from memsidecar.sidecar.blocks.settings import validate_namespace_name
 from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.models import StrictModel
+from memsidecar.sidecar.observability.settings import ObservabilitySettings
 from memsidecar.sidecar.tls import TLSSettings
 from memsidecar.sidecar.units import ByteSize
 
@@ -129,6 +130,8 @@ class SidecarConfig(BaseSettings):
     blocks: BlocksSettings = Field(default_factory=BlocksSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    # Metrics, tracing and the access log (docs/observability.md).
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where this config came from, for the start-up message.
     source: str = "embedded default"

@@ -1,5 +1,6 @@
 """The call pipeline every memsidecar RPC passes through: identity, then the handler,
-with every MemError turned into its gRPC status and message.
+with every MemError turned into its gRPC status and message. An observer (metrics,
+traces, access log) hears of each call at its start and at its end, with the final code.
 
 It is a grpc.aio server interceptor that wraps each handler's behaviour, so
 unary and streaming RPCs get exactly the same treatment.
@@ -23,6 +24,7 @@ from memsidecar.sidecar.identity import (
     reset_identity,
     set_identity,
 )
+from memsidecar.sidecar.observability.observer import CallObserver, CallRecord, NullObserver
 from memsidecar.sidecar.policy.engine import Decision, PolicyRequest
 from memsidecar.sidecar.policy.holder import PolicyHolder
 from memsidecar.sidecar.rpc import Ctx
@@ -30,86 +32,112 @@ from memsidecar.sidecar.rpc import Ctx
 log = logging.getLogger("memsidecar.pipeline")
 
 
-async def _abort(context: Ctx, exc: BaseException, info: CallInfo) -> None:
+async def _abort(
+    context: Ctx, exc: BaseException, info: CallInfo, call: CallRecord | None = None
+) -> None:
     if isinstance(exc, MemError):
+        if call is not None:
+            call.fail(exc.code, exc.message)
         await context.abort(exc.code, exc.message)
     incident = uuid.uuid4().hex[:12]
     log.exception("internal error in %s (incident %s)", info.op, incident, exc_info=exc)
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error in {info.op}; see the sidecar log, incident {incident}",
-    )
+    message = f"internal error in {info.op}; see the sidecar log, incident {incident}"
+    if call is not None:
+        call.fail(grpc.StatusCode.INTERNAL, message)
+    await context.abort(grpc.StatusCode.INTERNAL, message)
 
 
 class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """identity → policy → handler, for every memsidecar RPC.
+    """identity → policy → handler, for every memsidecar RPC, reported to the observer.
 
     Policy decides on the request message; for request streams (artifact.put,
     session.keep_alive) on the first message, and a byte cap then bounds the
     whole stream.
     """
 
-    def __init__(self, authenticator: Authenticator, policy: PolicyHolder | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        policy: PolicyHolder | None = None,
+        observer: CallObserver | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self.policy = policy or PolicyHolder()
+        self.observer = observer or NullObserver()
 
-    def _enter(self, context: Ctx) -> Any:
+    def _enter(self, context: Ctx, call: CallRecord) -> Any:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         identity = self.authenticator.authenticate(metadata, context.peer() or "")
+        call.identity = identity
         return set_identity(identity)
 
-    def _admit(self, info: CallInfo, message: Any) -> Decision:
+    def _admit(self, info: CallInfo, message: Any, call: CallRecord) -> Decision:
         # current() is read once: the call sees one whole rule set.
         identity = current_identity()
         request = PolicyRequest.from_message(identity, info, message)
+        call.admitted(request)
         # Scope before policy, so a refused call takes no rate-limit token.
         if request.namespace:
             check_scope(identity, info.block, request.namespace, info.op)
         else:
             check_op(identity, info.op)
         decision = self.policy.current().decide(request)
+        call.decision = decision
         decision.raise_if_rejected()
         return decision
 
-    async def _admit_stream(self, info: CallInfo, requests: AsyncIterator[Any]) -> Any:
+    async def _admit_stream(
+        self, info: CallInfo, requests: AsyncIterator[Any], call: CallRecord
+    ) -> Any:
         """Decide on the first message of a request stream; bound the rest by the byte cap."""
         iterator = aiter(requests)
         try:
             first = await anext(iterator)
         except StopAsyncIteration:
-            self._admit(info, None)
+            self._admit(info, None, call)
             return _empty()
-        cap = self._admit(info, first).byte_cap
+        cap = self._admit(info, first, call).byte_cap
 
         async def admitted() -> AsyncIterator[Any]:
             total = first.ByteSize()
             yield first
             async for message in iterator:
                 total += message.ByteSize()
+                call.request_bytes = total
                 if cap is not None and cap.exceeded(total):
                     raise cap.error(total, f"the {info.op} stream")
                 yield message
 
         return admitted()
 
-    async def _prepare(self, info: CallInfo, request: Any, streaming_request: bool) -> Any:
+    async def _prepare(
+        self, info: CallInfo, request: Any, streaming_request: bool, call: CallRecord
+    ) -> Any:
         if streaming_request:
-            return await self._admit_stream(info, request)
-        self._admit(info, request)
+            return await self._admit_stream(info, request, call)
+        self._admit(info, request, call)
         return request
 
     def _wrap_unary(self, behavior: Any, info: CallInfo, streaming_request: bool) -> Any:
         async def handler(request: Any, context: Ctx) -> Any:
             token = None
+            call = self.observer.begin(info, context)
             try:
-                token = self._enter(context)
-                request = await self._prepare(info, request, streaming_request)
-                return await behavior(request, context)
+                token = self._enter(context, call)
+                request = await self._prepare(info, request, streaming_request, call)
+                response = await behavior(request, context)
+                call.sent(response)
+                return response
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                await _abort(context, exc, info)
+                await _abort(context, exc, info, call)
+            except BaseException as exc:
+                # Cancelled: the caller went away or its deadline passed.
+                call.interrupted(context, exc)
+                raise
             finally:
+                self.observer.end(call, context)
                 if token is not None:
                     reset_identity(token)
 
@@ -118,16 +146,23 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap_stream(self, behavior: Any, info: CallInfo, streaming_request: bool) -> Any:
         async def handler(request: Any, context: Ctx) -> AsyncIterator[Any]:
             token = None
+            call = self.observer.begin(info, context)
             try:
-                token = self._enter(context)
-                request = await self._prepare(info, request, streaming_request)
+                token = self._enter(context, call)
+                request = await self._prepare(info, request, streaming_request, call)
                 async for item in behavior(request, context):
+                    call.sent(item)
                     yield item
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                await _abort(context, exc, info)
+                await _abort(context, exc, info, call)
+            except BaseException as exc:
+                # Cancelled, or the stream was closed before it finished.
+                call.interrupted(context, exc)
+                raise
             finally:
+                self.observer.end(call, context)
                 if token is not None:
                     reset_identity(token)
 

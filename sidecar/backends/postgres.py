@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from memsidecar.sidecar.errors import MemError, Unavailable
 from memsidecar.sidecar.models import StrictModel
+from memsidecar.sidecar.observability.backend import caller_operation, current_observer
 
 SCHEMA_TABLE = "memsidecar_schema"
 
@@ -106,9 +107,31 @@ class PgPool:
                     )
         return self._pool
 
+    def connection(
+        self, operation: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """A pooled connection; connection failures surface as Unavailable.
+
+        While a sidecar observes the call (sidecar/observability) the time the connection
+        is held is recorded, and traced as a child span, under `operation`: by default
+        the calling driver method, e.g. "PostgresKV.get"."""
+        if operation is None and current_observer() is not None:
+            operation = caller_operation()
+        return self._observed(operation)
+
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; connection failures surface as Unavailable."""
+    async def _observed(self, operation: str | None) -> AsyncIterator[asyncpg.Connection]:
+        observer = current_observer() if operation is not None else None
+        if observer is None or operation is None:
+            async with self._connection() as conn:
+                yield conn
+            return
+        with observer.backend_call("postgres", operation):
+            async with self._connection() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             pool = await self._get()
             async with pool.acquire(timeout=self.options.connect_timeout) as conn:
@@ -121,9 +144,17 @@ class PgPool:
                 "the call changed nothing it did not acknowledge — retry"
             ) from exc
 
+    def transaction(
+        self, operation: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """connection() in a transaction; `operation` as for connection()."""
+        if operation is None and current_observer() is not None:
+            operation = caller_operation()
+        return self._transaction(operation)
+
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.connection() as conn, conn.transaction():
+    async def _transaction(self, operation: str | None) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection(operation) as conn, conn.transaction():
             yield conn
 
     async def healthy(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import grpc
 
 from memsidecar.lease.v1 import lease_pb2_grpc
@@ -9,6 +11,15 @@ from memsidecar.sidecar.blocks.base import Block, BlockContext
 from memsidecar.sidecar.blocks.lease.driver import LeaseDriver, LeaseRecord
 from memsidecar.sidecar.blocks.lease.registry import DRIVERS
 from memsidecar.sidecar.blocks.lease.service import LeaseService, SessionCheck
+
+
+@runtime_checkable
+class CountsLiveLeases(Protocol):
+    """An optional driver capability: it backs the memsidecar_active_leases gauge."""
+
+    async def count_live(self, now: float) -> int:
+        """How many leases of every tenant are live at `now`."""
+        ...
 
 
 class LeaseBlock(Block):
@@ -38,6 +49,16 @@ class LeaseBlock(Block):
     async def release_session(self, tenant: str, session_id: str) -> list[LeaseRecord]:
         """Release every live lease attached to a session (it ended); return them."""
         return await self.driver.release_session(tenant, session_id, self.clock())
+
+    @property
+    def counts_leases(self) -> bool:
+        return isinstance(self.driver, CountsLiveLeases)
+
+    async def active_leases(self) -> int:
+        """Live leases of every tenant (sampled for the active-leases gauge)."""
+        if not isinstance(self.driver, CountsLiveLeases):
+            raise TypeError(f"lease driver {type(self.driver).__name__} cannot count leases")
+        return await self.driver.count_live(self.clock())
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         lease_pb2_grpc.add_LeaseServicer_to_server(self.service, server)

@@ -43,6 +43,10 @@ class SessionBlock(Block):
     async def start(self) -> None:
         await self.service.resume()
 
+    async def active_sessions(self) -> int:
+        """Open sessions whose heartbeats this sidecar watches (the active-sessions gauge)."""
+        return len(self.service.monitor)
+
     async def health(self) -> bool:
         return await self.driver.health()
 

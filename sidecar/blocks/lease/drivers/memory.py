@@ -214,6 +214,14 @@ class MemoryLeases:
         self._by_session.pop((tenant, session_id), None)
         return released
 
+    async def count_live(self, now: float) -> int:
+        return sum(
+            1
+            for table in self._slots.values()
+            for slot in table.values()
+            if slot.lease is not None and slot.lease.live(now)
+        )
+
     async def health(self) -> bool:
         return True
 
