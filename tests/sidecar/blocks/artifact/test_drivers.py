@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,13 +15,19 @@ from memsidecar.sidecar.blocks.artifact.driver import ArtifactDriver
 from memsidecar.sidecar.blocks.artifact.registry import DRIVERS
 from memsidecar.sidecar.blocks.base import BlockContext
 from memsidecar.sidecar.config import load_config
+from tests.sidecar.blocks.artifact.conftest import s3_options
 
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["memory", "localfs"])
+@pytest.fixture(params=["memory", "localfs", "s3"])
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ArtifactDriver]:
-    options = {"root": str(tmp_path / "root")} if request.param == "localfs" else {}
+    options: dict[str, Any] = {}
+    if request.param == "localfs":
+        options = {"root": str(tmp_path / "root")}
+    elif request.param == "s3":
+        request.getfixturevalue("minio")
+        options = s3_options()
     ctx = BlockContext(config=load_config(None, {"listen.socket": str(tmp_path / "s.sock")}))
     opened = await DRIVERS.open(request.param, options, ctx)
     yield opened
