@@ -98,13 +98,42 @@ class IdentitySettings(StrictModel):
             raise ValueError(exc.message.replace("namespace", "tenant")) from exc
 
 
-class PolicySettings(StrictModel):
-    """Where the allow/deny/rate-limit/cap rules come from (docs/policy.md)."""
+class KubernetesPolicySettings(StrictModel):
+    """MemoryPolicy objects of the pod's namespace, listed and watched (docs/policy.md)."""
 
-    # A policy YAML file, reloaded on change and on SIGHUP; unset = allow everything.
+    namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", ""))
+    pod_name: str | None = Field(default_factory=lambda: os.environ.get("POD_NAME") or None)
+    # The pod's labels (for podSelector) from the Downward API file the injector mounts,
+    labels_file: Path | None = Path("/etc/memsidecar-podinfo/labels")
+    # or given here (outside a pod).
+    labels: dict[str, str] | None = None
+    labels_poll_seconds: float = Field(default=5.0, gt=0)
+    start_timeout_seconds: float = Field(default=30.0, gt=0)
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_known(cls, value: str) -> str:
+        if not value:
+            raise ValueError("set namespace (or the POD_NAMESPACE env var the injector sets)")
+        return value
+
+
+class PolicySettings(StrictModel):
+    """Where the allow/deny/rate-limit/cap rules come from (docs/policy.md); unset = allow."""
+
+    # A policy YAML file, reloaded on change and on SIGHUP,
     file: Path | None = None
     debounce_ms: int = Field(default=300, ge=10)
     poll_seconds: float = Field(default=5.0, gt=0)
+    # or the MemoryPolicy objects of the pod's namespace.
+    kubernetes: KubernetesPolicySettings | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PolicySettings:
+        if self.file is not None and self.kubernetes is not None:
+            raise ValueError("set policy.file or policy.kubernetes, not both")
+        return self
 
 
 class BlocksSettings(StrictModel):

@@ -26,6 +26,7 @@ from memsidecar.sidecar.observability.backend import observing
 from memsidecar.sidecar.observability.core import Observability
 from memsidecar.sidecar.pipeline import CallPipeline
 from memsidecar.sidecar.policy.holder import PolicyHolder
+from memsidecar.sidecar.policy.kubernetes import KubernetesPolicySource
 from memsidecar.sidecar.policy.loader import PolicyFileWatcher
 from memsidecar.sidecar.tls import CertificateReloader
 
@@ -41,7 +42,7 @@ class Sidecar:
     blocks: dict[str, Block]
     health: Any
     policy: PolicyHolder = field(default_factory=PolicyHolder)
-    policy_watcher: PolicyFileWatcher | None = None
+    policy_watcher: PolicyFileWatcher | KubernetesPolicySource | None = None
     # Metrics endpoint, tracing, access log (observability.*); also the pipeline's observer.
     observability: Observability | None = None
     addresses: list[str] = field(default_factory=list)
@@ -166,6 +167,18 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
             debounce_ms=config.policy.debounce_ms,
             poll_seconds=config.policy.poll_seconds,
         )
+    kube = config.policy.kubernetes
+    if kube is not None:
+        sidecar.policy_watcher = KubernetesPolicySource(
+            policy,
+            kube.namespace,
+            pod_labels=kube.labels,
+            pod_name=kube.pod_name,
+            labels_file=None if kube.labels is not None else kube.labels_file,
+            labels_poll_seconds=kube.labels_poll_seconds,
+            start_timeout_seconds=kube.start_timeout_seconds,
+            request_timeout_seconds=kube.request_timeout_seconds,
+        )
     unix = _prepare_socket(config)
     server.add_insecure_port(unix)
     os.chmod(config.listen.socket, int(config.listen.socket_mode, 8))
@@ -179,6 +192,12 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
         host = config.listen.tcp.rpartition(":")[0]
         sidecar.addresses.append(f"{host}:{port}")
     return sidecar
+
+
+def _policy_source(cfg: SidecarConfig) -> str:
+    if cfg.policy.kubernetes is not None:
+        return f"MemoryPolicy objects in namespace {cfg.policy.kubernetes.namespace}"
+    return str(cfg.policy.file or "none (every call allowed)")
 
 
 def describe(sidecar: Sidecar) -> str:
@@ -195,7 +214,7 @@ def describe(sidecar: Sidecar) -> str:
         f"  identity: ambient tenant={cfg.identity.tenant} agent={cfg.identity.agent}",
         f"  auth: socket={cfg.auth.socket} tcp={cfg.auth.tcp} "
         f"keys={','.join(k.kid for k in cfg.auth.keys) or 'none'}",
-        f"  policy: {cfg.policy.file or 'none (every call allowed)'}",
+        f"  policy: {_policy_source(cfg)}",
     ]
     if sidecar.observability is not None:
         lines.append(f"  observability: {sidecar.observability.describe()}")
