@@ -216,12 +216,12 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     cfg = op.settings
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The kubernetes client's own loading: in-cluster, else $KUBECONFIG.
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -247,9 +247,9 @@ def build_registry(
 
     # --- MemoryStore -----------------------------------------------------------------------
 
-    @kopf.on.resume(GROUP, VERSION, STORE_PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, STORE_PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, STORE_PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, STORE_PLURAL, id="memorystore", registry=registry)
+    @kopf.on.create(GROUP, VERSION, STORE_PLURAL, id="memorystore", registry=registry)
+    @kopf.on.update(GROUP, VERSION, STORE_PLURAL, id="memorystore", registry=registry)
     async def memorystore(namespace: str | None, name: str, retry: int, **_: Any) -> None:
         try:
             outcome = await op.reconcile_store(namespace or "", name)
@@ -262,15 +262,17 @@ def build_registry(
                 f"{outcome.reason}: {outcome.message}", delay=cfg.retry_delay(retry)
             )
 
-    @kopf.on.delete(GROUP, VERSION, STORE_PLURAL, optional=True, registry=registry)
+    @kopf.on.delete(
+        GROUP, VERSION, STORE_PLURAL, id="memorystore-deleted", optional=True, registry=registry
+    )
     def memorystore_deleted(namespace: str | None, name: str, **_: Any) -> None:
         op.stores.forget(namespace or "", name)
 
     # --- MemoryPolicy ----------------------------------------------------------------------
 
-    @kopf.on.resume(GROUP, VERSION, POLICY_PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, POLICY_PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, POLICY_PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, POLICY_PLURAL, id="memorypolicy", registry=registry)
+    @kopf.on.create(GROUP, VERSION, POLICY_PLURAL, id="memorypolicy", registry=registry)
+    @kopf.on.update(GROUP, VERSION, POLICY_PLURAL, id="memorypolicy", registry=registry)
     async def memorypolicy(namespace: str | None, name: str, retry: int, **_: Any) -> None:
         try:
             await op.reconcile_policy(namespace or "", name)
@@ -279,12 +281,19 @@ def build_registry(
                 f"Kubernetes API: {exc}", delay=cfg.retry_delay(retry)
             ) from exc
 
-    @kopf.on.delete(GROUP, VERSION, POLICY_PLURAL, optional=True, registry=registry)
+    @kopf.on.delete(
+        GROUP, VERSION, POLICY_PLURAL, id="memorypolicy-deleted", optional=True, registry=registry
+    )
     def memorypolicy_deleted(namespace: str | None, name: str, **_: Any) -> None:
         op.policies.forget(namespace or "", name)
 
     @kopf.on.event(
-        "", "v1", "pods", annotations={ANNOTATION_STATUS: STATUS_INJECTED}, registry=registry
+        "",
+        "v1",
+        "pods",
+        id="injected-pod",
+        annotations={ANNOTATION_STATUS: STATUS_INJECTED},
+        registry=registry,
     )
     async def injected_pod(type: str, body: kopf.Body, **_: Any) -> None:
         op.observe_pod(type, body)

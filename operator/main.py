@@ -42,18 +42,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-class WebhookDenialFilter(logging.Filter):
-    """kopf logs every admission denial as an error ("Webhook ... failed permanently");
-    a denial is the webhook working, and the operator logs it itself at INFO."""
+class KopfNoiseFilter(logging.Filter):
+    """kopf logs every admission denial as an error ("Webhook ... failed permanently"):
+    a denial is the webhook working, and the operator logs it at INFO, so it is dropped.
+    A handler's retry ("failed temporarily": a backend still unreachable) is expected
+    and already in the object's status and events: it is logged at INFO, not ERROR."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Webhook '") and "failed permanently" in message)
+        if message.startswith("Webhook '") and "failed permanently" in message:
+            return False
+        if record.name.startswith("kopf") and "failed temporarily" in message:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return bool(logging.getLogger("memsidecar.operator").isEnabledFor(logging.INFO))
+        return True
 
 
 def configure_logging(settings: OperatorSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(WebhookDenialFilter())
+    handler.addFilter(KopfNoiseFilter())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -146,10 +153,10 @@ async def serve(
         await kube.close()
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """The command line: returns the process exit code."""
+def run(argv: Sequence[str] | None = None, prog: str = "python -m memsidecar.operator") -> int:
+    """The command line (`prog` names it in --help): returns the process exit code."""
     try:
-        settings = parse_args(argv)
+        settings = parse_args(argv, prog)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2

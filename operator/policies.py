@@ -1,24 +1,21 @@
 """MemoryPolicy reconciliation: validate the rules with the sidecar's own parser, and
 report how many sidecars run them.
 
-The counting contract with the sidecar (sidecar/policy/kubernetes.py):
+The counting contract with the sidecar (sidecar/policy/kubernetes.py, docs/policy.md):
 
-- A policy's **version** is `parse_policy(spec without podSelector).version()`: the
-  content hash the sidecar's policy engine computes for the rules it loads. The
-  operator writes it to `status.version`; sidecars compute it themselves from the
-  object they watch, so nothing has to be read back.
-- Each injected sidecar patches its own Pod's annotation
-  `memsidecar.io/policy-versions` with a JSON object mapping the name of every
-  MemoryPolicy in force in it to the version it loaded, e.g.
-  `{"default-limits": "3f2a9c0d1e7b4a55"}` (strategic/merge patch of
-  metadata.annotations on pods/<own name>).
+- Each injected sidecar records what it has in force on its own Pod, in the
+  annotation `memsidecar.io/policy`: a JSON object mapping the name of each
+  MemoryPolicy in force to the `metadata.generation` it loaded, as a string, e.g.
+  `{"10-baseline": "3", "50-planners": "1"}`. A generation whose rules the sidecar
+  rejected is never recorded (it keeps the older one in force).
 - The operator counts, per policy, the injected pods (`memsidecar.io/status:
   injected`, not finished) in the policy's namespace that its podSelector selects
-  (`status.sidecarsSelected`), and those whose annotation names this policy with
-  `status.version` (`status.sidecarsLoaded`).
+  (`status.sidecarsSelected`), and those whose annotation names this policy with its
+  current `metadata.generation` (`status.sidecarsLoaded`).
 
-An invalid policy never replaces a valid one in the sidecars, so while it is invalid
-`status.version` stays the version still in force, and the counts stay about it.
+`status.version` is the content hash of the rules in force (the version the sidecar's
+policy engine logs and reports in its metrics): the current rules when they are valid;
+while they are invalid, the last valid ones, which the sidecars keep enforcing.
 """
 
 from __future__ import annotations
@@ -45,7 +42,8 @@ from memsidecar.webhooks.contract import (
 
 JSON = dict[str, Any]
 
-ANNOTATION_POLICY_VERSIONS = "memsidecar.io/policy-versions"
+# Written by each sidecar on its own Pod: JSON {"<policy name>": "<generation>"}.
+ANNOTATION_POLICY = "memsidecar.io/policy"
 OWNED_TYPES = (cond.READY, cond.STALLED)
 
 
@@ -98,9 +96,10 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
     return True
 
 
-def loaded_versions(annotations: Mapping[str, Any] | None) -> dict[str, str]:
-    """The sidecar's report (annotation memsidecar.io/policy-versions); {} if absent or bad."""
-    raw = (annotations or {}).get(ANNOTATION_POLICY_VERSIONS)
+def loaded_generations(annotations: Mapping[str, Any] | None) -> dict[str, str]:
+    """The sidecar's report (annotation memsidecar.io/policy): policy name → generation
+    loaded; {} if absent or unreadable."""
+    raw = (annotations or {}).get(ANNOTATION_POLICY)
     if not isinstance(raw, str):
         return {}
     try:
@@ -114,19 +113,19 @@ def loaded_versions(annotations: Mapping[str, Any] | None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PodInfo:
-    """What the operator keeps of an injected pod (a kopf index value)."""
+    """What the operator keeps of an injected pod (from its watch events)."""
 
     name: str
     labels: tuple[tuple[str, str], ...]
-    versions: tuple[tuple[str, str], ...]
+    loaded: tuple[tuple[str, str], ...]
 
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
 
     @property
-    def version_map(self) -> dict[str, str]:
-        return dict(self.versions)
+    def loaded_map(self) -> dict[str, str]:
+        return dict(self.loaded)
 
 
 def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
@@ -142,23 +141,24 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
     return PodInfo(
         name=str(metadata.get("name", "")),
         labels=tuple(sorted((str(k), str(v)) for k, v in (metadata.get("labels") or {}).items())),
-        versions=tuple(sorted(loaded_versions(annotations).items())),
+        loaded=tuple(sorted(loaded_generations(annotations).items())),
     )
 
 
 def count(
     policy_name: str,
     selector: Mapping[str, Any] | None,
-    version: str | None,
+    generation: int,
     pods: Iterable[PodInfo],
 ) -> tuple[int, int]:
-    """(selected, loaded): injected pods the selector picks, and those running `version`."""
+    """(selected, loaded): injected pods the selector picks, and those that report having
+    loaded this `generation` of the policy."""
     selected = loaded = 0
     for pod in pods:
         if not selector_matches(selector, pod.label_map):
             continue
         selected += 1
-        if version is not None and pod.version_map.get(policy_name) == version:
+        if pod.loaded_map.get(policy_name) == str(generation):
             loaded += 1
     return selected, loaded
 
@@ -186,7 +186,7 @@ def policy_status(
         desired = [ready]
     else:
         keeping = (
-            f"; sidecars keep running version {in_force}"
+            f"; sidecars keep enforcing the previous rules (version {in_force})"
             if in_force
             else "; sidecars have no rules from it"
         )
@@ -195,7 +195,7 @@ def policy_status(
         )
         desired = [ready, Condition(cond.STALLED, "True", ready.reason, ready.message)]
     selector = (policy.get("spec") or {}).get("podSelector")
-    selected, loaded = count(name, selector, in_force, pods)
+    selected, loaded = count(name, selector, generation, pods)
     status: JSON = {
         "observedGeneration": generation,
         "conditions": cond.merge(

@@ -188,13 +188,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> OperatorSettings:
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "python -m memsidecar.operator"
+) -> OperatorSettings:
     """Settings from env vars, overridden by command-line flags; SettingsError if invalid."""
     parser = argparse.ArgumentParser(
-        prog="memsidecar operator",
+        prog=prog,
         description="Run the memsidecar operator: reconcile MemoryStore and MemoryPolicy "
         "objects and serve the admission webhooks. Every flag can also be given as the "
-        "env var MEMSIDECAR_OPERATOR_<FLAG_IN_CAPS>.",
+        "env var MEMSIDECAR_OPERATOR_<FLAG_IN_CAPS> (--watch-namespace: "
+        "MEMSIDECAR_OPERATOR_WATCH_NAMESPACES, a JSON list).",
     )
     for name, info in OperatorSettings.model_fields.items():
         help_text = (info.description or "").replace("%", "%%")

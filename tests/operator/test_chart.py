@@ -237,9 +237,9 @@ def test_sidecar_role_bindings(helm: str) -> None:
         {
             "apiGroups": ["memsidecar.io"],
             "resources": ["memorypolicies"],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["list", "watch"],
         },
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
     ]
 
 

@@ -249,32 +249,36 @@ def test_a_second_reconcile_changes_nothing_and_drift_is_repaired(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     kubectl.apply(memorystore(namespace, "mem"))
-    store = ready(kubectl, "memorystore", "mem", namespace)
+    ready(kubectl, "memorystore", "mem", namespace)
+    # kopf records the handled spec in an annotation right after the handler; from then
+    # on nothing should write to the store or its ConfigMap any more.
+    store = wait_for(
+        lambda: (
+            (s := kubectl.get("memorystore", "mem", namespace))
+            and "operator.memsidecar.io/last-handled-configuration" in s["metadata"]["annotations"]
+            and s
+        ),
+        "kopf's last-handled-configuration annotation",
+    )
     assert (condition(store, "BackendReachable") or {}).get("reason") == "NoExternalBackend"
     assert (condition(store, "Migrated") or {}).get("reason") == "NoDatabase"
     cm = kubectl.get("configmap", "memsidecar-mem", namespace)
     assert cm is not None
 
     # Let the periodic resync reconcile everything at least twice more.
-    count = operator.metric(
-        "memsidecar_operator_reconciles_total", kind="MemoryStore", outcome="ready"
-    )
-    wait_for(
-        lambda: (
-            operator.metric(
-                "memsidecar_operator_reconciles_total", kind="MemoryStore", outcome="ready"
-            )
-            >= count + 2
-        ),
-        "two more reconciles",
-        timeout=15,
-    )
+    def reconciles() -> float:
+        return operator.metric(
+            "memsidecar_operator_reconciles_total", kind="MemoryStore", outcome="ready"
+        )
+
+    count = reconciles()
+    wait_for(lambda: reconciles() >= count + 2, "two more reconciles", timeout=15)
     again = kubectl.get("memorystore", "mem", namespace)
     cm_again = kubectl.get("configmap", "memsidecar-mem", namespace)
     assert again and cm_again
-    assert again["metadata"]["resourceVersion"] == store["metadata"]["resourceVersion"]
-    assert cm_again["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
     assert again["status"] == store["status"]
+    assert again["metadata"] == store["metadata"]
+    assert cm_again["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
 
     # Someone deletes or edits the ConfigMap: the next pass puts it back.
     kubectl.run("delete", "configmap", "memsidecar-mem", "-n", namespace)
@@ -445,6 +449,7 @@ def test_deployment_pods_are_injected_and_policy_loads_are_counted(
     )
     policy = ready(kubectl, "memorypolicy", "limits", namespace)
     version = policy["status"]["version"]
+    generation = policy["metadata"]["generation"]
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -481,14 +486,14 @@ def test_deployment_pods_are_injected_and_policy_loads_are_counted(
         return (s.get("sidecarsSelected"), s.get("sidecarsLoaded"))  # type: ignore[return-value]
 
     wait_for(lambda: counts() == (2, 0), "2 selected, 0 loaded", timeout=15)
-    # A sidecar reports the policy version it loaded on its own Pod.
-    report = {"memsidecar.io/policy-versions": json.dumps({"limits": version})}
+    # A sidecar reports the policy generation it loaded on its own Pod.
+    report = {"memsidecar.io/policy": json.dumps({"limits": str(generation)})}
     kubectl.run(
         "annotate", "pod", pods[0]["metadata"]["name"], "-n", namespace, "--overwrite",
         *(f"{k}={v}" for k, v in report.items()),
     )  # fmt: skip
     wait_for(lambda: counts() == (2, 1), "1 loaded", timeout=15)
-    # New rules: a new version, which that sidecar has not loaded yet.
+    # New rules: a new generation (and version), which that sidecar has not loaded yet.
     kubectl.apply(
         memorypolicy(
             namespace,

@@ -10,11 +10,11 @@ import pytest
 
 from memsidecar.operator import conditions as cond
 from memsidecar.operator.policies import (
-    ANNOTATION_POLICY_VERSIONS,
+    ANNOTATION_POLICY,
     PodInfo,
     check_policy,
     count,
-    loaded_versions,
+    loaded_generations,
     pod_info,
     policy_status,
     selector_matches,
@@ -45,11 +45,11 @@ def policy(
 
 
 def pod(
-    labels: dict[str, str], versions: dict[str, str] | None = None, **extra: Any
+    labels: dict[str, str], loaded: dict[str, str] | None = None, **extra: Any
 ) -> dict[str, Any]:
     annotations = {"memsidecar.io/status": "injected"}
-    if versions is not None:
-        annotations[ANNOTATION_POLICY_VERSIONS] = json.dumps(versions)
+    if loaded is not None:
+        annotations[ANNOTATION_POLICY] = json.dumps(loaded)
     body: dict[str, Any] = {
         "metadata": {
             "name": "p",
@@ -102,14 +102,11 @@ def test_label_selector(selector: Any, labels: dict[str, str], expected: bool) -
     assert selector_matches(selector, labels) is expected
 
 
-def test_loaded_versions_tolerates_garbage() -> None:
-    assert loaded_versions({ANNOTATION_POLICY_VERSIONS: '{"a": "v1", "b": 2}'}) == {
-        "a": "v1",
-        "b": "2",
-    }
-    assert loaded_versions({ANNOTATION_POLICY_VERSIONS: "not json"}) == {}
-    assert loaded_versions({ANNOTATION_POLICY_VERSIONS: "[1]"}) == {}
-    assert loaded_versions(None) == {}
+def test_loaded_generations_tolerates_garbage() -> None:
+    assert loaded_generations({ANNOTATION_POLICY: '{"a": "3", "b": 2}'}) == {"a": "3", "b": "2"}
+    assert loaded_generations({ANNOTATION_POLICY: "not json"}) == {}
+    assert loaded_generations({ANNOTATION_POLICY: "[1]"}) == {}
+    assert loaded_generations(None) == {}
 
 
 def test_pod_info_skips_uninjected_finished_and_deleting_pods() -> None:
@@ -125,25 +122,25 @@ def test_pod_info_skips_uninjected_finished_and_deleting_pods() -> None:
 
 def test_count_selected_and_loaded() -> None:
     pods = [
-        PodInfo("a", (("app", "x"),), (("limits", "v2"),)),
-        PodInfo("b", (("app", "x"),), (("limits", "v1"),)),
-        PodInfo("c", (("app", "y"),), (("limits", "v2"),)),
+        PodInfo("a", (("app", "x"),), (("limits", "2"),)),
+        PodInfo("b", (("app", "x"),), (("limits", "1"),)),
+        PodInfo("c", (("app", "y"),), (("limits", "2"),)),
         PodInfo("d", (("app", "x"),), ()),
     ]
-    assert count("limits", {"matchLabels": {"app": "x"}}, "v2", pods) == (3, 1)
-    assert count("limits", None, "v2", pods) == (4, 2)
-    assert count("other", None, "v2", pods) == (4, 0)
-    assert count("limits", None, None, pods) == (4, 0)
+    assert count("limits", {"matchLabels": {"app": "x"}}, 2, pods) == (3, 1)
+    assert count("limits", None, 2, pods) == (4, 2)
+    assert count("other", None, 2, pods) == (4, 0)
+    assert count("limits", None, 3, pods) == (4, 0)
 
 
-def test_policy_status_counts_sidecars_running_the_current_version() -> None:
+def test_policy_status_counts_sidecars_running_the_current_generation() -> None:
     body = policy(RULES, {"matchLabels": {"app": "x"}}, generation=3)
     version, _ = check_policy(body)
     assert version is not None
     pods = [
-        pod_info(pod({"app": "x"}, {"limits": version})),
-        pod_info(pod({"app": "x"}, {"limits": "old"})),
-        pod_info(pod({"app": "y"}, {"limits": version})),
+        pod_info(pod({"app": "x"}, {"limits": "3", "other": "1"})),
+        pod_info(pod({"app": "x"}, {"limits": "2"})),
+        pod_info(pod({"app": "y"}, {"limits": "3"})),
     ]
     status = policy_status(body, [p for p in pods if p], T0)
     assert status["version"] == version
@@ -157,16 +154,17 @@ def test_invalid_policy_keeps_the_version_in_force() -> None:
     valid = policy(RULES)
     good = policy_status(valid, [], T0)
     broken = policy(BAD_RULES, generation=2, status=good)
-    status = policy_status(broken, [PodInfo("a", (), (("limits", good["version"]),))], T0)
+    # The sidecar keeps generation 1 in force: none loaded generation 2.
+    status = policy_status(broken, [PodInfo("a", (), (("limits", "1"),))], T0)
     assert status["version"] == good["version"]
-    assert status["sidecarsLoaded"] == 1
+    assert (status["sidecarsSelected"], status["sidecarsLoaded"]) == (1, 0)
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Ready": "False",
         "Stalled": "True",
     }
     assert status["reason"] == "InvalidRules"
     assert "kv.frobnicate" in status["message"]
-    assert f"sidecars keep running version {good['version']}" in status["message"]
+    assert f"keep enforcing the previous rules (version {good['version']})" in status["message"]
 
 
 def test_invalid_new_policy_has_no_version() -> None:
