@@ -175,16 +175,14 @@ def _s3_options(spec: Mapping[str, Any], problems: list[str]) -> JSON:
     if not s3.get("bucket"):
         problems.append("spec.s3.bucket is required when blocks.artifact.driver is s3")
     options: JSON = {"bucket": s3.get("bucket", "")}
-    for camel, snake in (
-        ("endpoint", "endpoint"),
-        ("region", "region"),
-        ("forcePathStyle", "force_path_style"),
-    ):
+    for camel, snake in (("endpoint", "endpoint"), ("region", "region")):
         if s3.get(camel) is not None:
             options[snake] = s3[camel]
+    if s3.get("forcePathStyle") is not None:
+        options["addressing_style"] = "path" if s3["forcePathStyle"] else "auto"
     if s3.get("credentialsSecretRef"):
-        options["access_key_id_env"] = ENV_S3_ACCESS_KEY_ID
-        options["secret_access_key_env"] = ENV_S3_SECRET_ACCESS_KEY
+        options["access_key_env"] = ENV_S3_ACCESS_KEY_ID
+        options["secret_key_env"] = ENV_S3_SECRET_ACCESS_KEY
     return options
 
 

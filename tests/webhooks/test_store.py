@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from memsidecar.sidecar.auth.settings import AuthSettings
 from memsidecar.sidecar.backends.postgres import PostgresOptions
 from memsidecar.sidecar.blocks.artifact.drivers.localfs import LocalFSOptions
+from memsidecar.sidecar.blocks.artifact.drivers.s3 import S3Options
 from memsidecar.sidecar.blocks.artifact.settings import ArtifactNamespace, ArtifactSettings
 from memsidecar.sidecar.blocks.episodic.settings import EpisodicNamespace, EpisodicSettings
 from memsidecar.sidecar.blocks.kv.settings import KVNamespace, KVSettings
@@ -161,10 +162,15 @@ def test_postgres_minio_store_renders_and_loads(
         "bucket": "agent-artifacts",
         "endpoint": "http://minio.storage.svc:9000",
         "region": "us-east-1",
-        "force_path_style": True,
-        "access_key_id_env": "MEMSIDECAR_S3_ACCESS_KEY_ID",
-        "secret_access_key_env": "MEMSIDECAR_S3_SECRET_ACCESS_KEY",
+        "addressing_style": "path",
+        "access_key_env": "MEMSIDECAR_S3_ACCESS_KEY_ID",
+        "secret_key_env": "MEMSIDECAR_S3_SECRET_ACCESS_KEY",
     }
+    # The real driver's option model accepts exactly what was rendered.
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("MEMSIDECAR_S3_ACCESS_KEY_ID", "MEMSIDECAR_S3_SECRET_ACCESS_KEY"):
+            env.setenv(name, "from-the-secret")
+        S3Options.model_validate(dict(config.blocks.artifact.options))
     assert config.blocks.artifact.max_size_bytes == 1024**3
     assert config.blocks.lease.max_ttl == timedelta(hours=2)
     assert config.blocks.session.default_heartbeat_timeout == timedelta(seconds=30)
