@@ -151,11 +151,14 @@ def sidecar_process(
         str(ready),
         *(args or []),
     ]
-    full_env = {
-        **os.environ,
-        "MEMSIDECAR_BLOCKS__ARTIFACT__OPTIONS": f'{{"root": "{tmp}/artifacts"}}',
-        **(env or {}),
-    }
+    # On the embedded default, keep artifacts in the private temp dir (a --config
+    # file decides for itself).
+    private_root = (
+        {}
+        if "--config" in (args or [])
+        else {"MEMSIDECAR_BLOCKS__ARTIFACT__OPTIONS": f'{{"root": "{tmp}/artifacts"}}'}
+    )
+    full_env = {**os.environ, **private_root, **(env or {})}
     with open(log, "w") as log_file:
         proc = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, text=True
