@@ -429,11 +429,32 @@ class StoreReconciler:
         values: dict[str, str] = {}
         problems: list[tuple[str, Probe]] = []
         cache: dict[str, JSON | None] = {}
+        forbidden: set[str] = set()
         for ref in secret_refs(body):
-            if ref.secret not in cache:
-                cache[ref.secret] = await self.kube.get(core_path("secrets", namespace, ref.secret))
-            secret = cache[ref.secret]
             where = field_of(ref.env)
+            if ref.secret not in cache and ref.secret not in forbidden:
+                try:
+                    cache[ref.secret] = await self.kube.get(
+                        core_path("secrets", namespace, ref.secret)
+                    )
+                except KubeError as exc:
+                    if exc.status != 403:
+                        raise
+                    forbidden.add(ref.secret)
+            if ref.secret in forbidden:
+                problems.append(
+                    (
+                        ref.env,
+                        Probe(
+                            False,
+                            "SecretForbidden",
+                            f"the operator may not read Secret {namespace}/{ref.secret} "
+                            "(403): its ClusterRole needs get on secrets",
+                        ),
+                    )
+                )
+                continue
+            secret = cache[ref.secret]
             if secret is None:
                 problems.append(
                     (

@@ -250,16 +250,15 @@ def test_a_second_reconcile_changes_nothing_and_drift_is_repaired(
 ) -> None:
     kubectl.apply(memorystore(namespace, "mem"))
     ready(kubectl, "memorystore", "mem", namespace)
+
     # kopf records the handled spec in an annotation right after the handler; from then
     # on nothing should write to the store or its ConfigMap any more.
-    store = wait_for(
-        lambda: (
-            (s := kubectl.get("memorystore", "mem", namespace))
-            and "operator.memsidecar.io/last-handled-configuration" in s["metadata"]["annotations"]
-            and s
-        ),
-        "kopf's last-handled-configuration annotation",
-    )
+    def handled() -> dict[str, Any] | None:
+        obj = kubectl.get("memorystore", "mem", namespace)
+        annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+        return obj if "operator.memsidecar.io/last-handled-configuration" in annotations else None
+
+    store = wait_for(handled, "kopf's last-handled-configuration annotation")
     assert (condition(store, "BackendReachable") or {}).get("reason") == "NoExternalBackend"
     assert (condition(store, "Migrated") or {}).get("reason") == "NoDatabase"
     cm = kubectl.get("configmap", "memsidecar-mem", namespace)
