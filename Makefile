@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup services services-down run demo test lint proto proto-check clean
+.PHONY: setup services services-down run demo test lint proto proto-check clean e2e
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ services-down: ## Stop the test-ground servers (data is kept)
 
 test: setup services ## The whole test suite, against real servers started on loopback
 	PATH="$${MEMSIDECAR_CACHE:-$$HOME/.cache/memsidecar}/bin:$$PATH" $(BIN)/python -m pytest
+
+e2e: setup services ## The e2e flow (e2e/README.md): on $KUBECONFIG if set, else on e2e/cluster's control plane
+	given="$${KUBECONFIG:-}"; env_out="$$(e2e/cluster/up.sh)" || exit 1; eval "$$env_out"; \
+	if [ -n "$$given" ]; then export KUBECONFIG="$$given"; fi; \
+	$(BIN)/python -m pytest e2e -q
 
 lint: setup proto-check ## ruff, mypy, and generated code freshness
 	$(BIN)/ruff check .
