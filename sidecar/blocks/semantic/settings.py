@@ -21,7 +21,40 @@ class EmbedderSettings(StrictModel):
     batch_size: PositiveInt = 64
     timeout: Duration = timedelta(seconds=30)
     max_retries: int = Field(default=3, ge=0, le=10)
+    # First retry waits up to this long (full jitter), doubling per retry; a Retry-After
+    # from the server is honoured up to max_retry_wait.
+    retry_backoff: Duration = timedelta(milliseconds=500)
+    max_retry_wait: Duration = timedelta(seconds=30)
+    # Embeddings kept in memory, by (model, text); 0 turns the cache off.
     cache_size: int = Field(default=10000, ge=0)
+    # openai: send `dimensions` in the request (text-embedding-3 models can shorten their
+    # vectors to it); off for models and compatible servers that reject the field.
+    send_dimensions: bool = False
+
+
+class PgvectorSettings(StrictModel):
+    """Search tuning of the pgvector driver (see docs/blocks/semantic.md, Drivers)."""
+
+    # HNSW candidate list size per search (raised to the candidates a search needs).
+    ef_search: int = Field(default=100, ge=1, le=1000)
+    # relaxed_order: the index may return rows slightly out of order (they are re-ranked
+    # exactly); strict_order: in order, slower.
+    iterative_scan: Literal["relaxed_order", "strict_order"] = "relaxed_order"
+    # Index tuples one filtered search may visit before the driver falls back to an exact scan.
+    max_scan_tuples: int = Field(default=20000, ge=1)
+    # Rows fetched from the index beyond top_k, re-ranked exactly (cosine in float64).
+    extra_candidates: int = Field(default=20, ge=0, le=10000)
+    # Parameters of the HNSW indexes the driver creates (one per vector dimension).
+    m: int = Field(default=16, ge=2, le=100)
+    ef_construction: int = Field(default=64, ge=4, le=1000)
+
+    @model_validator(mode="after")
+    def _construction_covers_m(self) -> PgvectorSettings:
+        if self.ef_construction < 2 * self.m:
+            raise ValueError(
+                f"ef_construction ({self.ef_construction}) must be at least 2 * m ({2 * self.m})"
+            )
+        return self
 
 
 class SemanticNamespace(NamespaceSettings):
@@ -52,6 +85,8 @@ class SemanticSettings(BlockSettings[SemanticNamespace]):
     max_links_per_record: PositiveInt = 1000
     # How often expired records are physically removed (they are invisible at once).
     sweep_interval: Duration = timedelta(minutes=1)
+    # Used by driver pgvector only.
+    pgvector: PgvectorSettings = Field(default_factory=PgvectorSettings)
 
     @model_validator(mode="after")
     def _embedders_exist(self) -> SemanticSettings:

@@ -51,4 +51,7 @@ class EmbedderRegistry:
                 f"blocks.semantic.embedders.{key}.type: embedder type {settings.type!r} is not "
                 f"available in this sidecar; available: {', '.join(self.types)}"
             )
-        return await factory(settings)
+        try:
+            return await factory(settings)
+        except DriverConfigError as exc:
+            raise DriverConfigError(f"blocks.semantic.embedders.{key}.{exc}") from exc

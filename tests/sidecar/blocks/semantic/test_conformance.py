@@ -443,6 +443,8 @@ async def predicate_data(semantic: AsyncSemantic) -> AsyncSemantic:
         ({"nested": "flat"}, {"s"}),
         ({"nested": {"eq": {"city": "Rome"}}}, {"n2"}),
         ({"list": [1, 2]}, {"n3"}),
+        ({"list.0": 1}, set()),  # paths name object keys; they never index into lists
+        ({"nested.city.0": "O"}, set()),
         ({"list": {"eq": [2, 1]}}, set()),
         ({"nothing": None}, {"n3"}),
         ({"absent": {"ne": 1}}, set()),

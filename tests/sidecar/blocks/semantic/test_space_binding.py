@@ -41,6 +41,8 @@ class OtherModel(FakeEmbedder):
 async def driver(
     request: pytest.FixtureRequest, clock: ManualClock
 ) -> AsyncIterator[SemanticDriver]:
+    if request.param.startswith("pgvector"):
+        request.getfixturevalue("postgres")
     config = load_config(None, SEMANTIC_DRIVERS[request.param])
     settings = config.blocks.semantic
     opened = await DRIVERS.open(settings.driver, settings.options, BlockContext(config, clock))
@@ -53,10 +55,16 @@ async def driver(
 RUN = uuid.uuid4().hex[:8]
 
 
+@pytest.fixture(autouse=True)
+def fresh_tenants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New tenant names for every test: a database driver keeps data between tests."""
+    monkeypatch.setattr(f"{__name__}.RUN", uuid.uuid4().hex[:8])
+
+
 def as_tenant(tenant: str) -> None:
     """Call the services below as `tenant` (each test runs in its own context).
 
-    Tenant names are unique per run, so a shared database never mixes runs.
+    Tenant names are unique per test, so a shared database never mixes tests or runs.
     """
     set_identity(Identity(tenant=f"{tenant}-{RUN}", agent="test"))
 
@@ -160,10 +168,16 @@ async def test_tenants_are_isolated(driver: SemanticDriver, clock: ManualClock) 
 
 
 async def test_unavailable_embedder_type_is_a_config_error() -> None:
+    # The settings only accept known types; a registry without one must still say so.
+    unknown = EmbedderSettings.model_construct(type="cohere")  # type: ignore[arg-type]
     with pytest.raises(
-        DriverConfigError, match=r"embedders\.remote\.type.*'ollama'.*available: fake"
+        DriverConfigError,
+        match=r"embedders\.remote\.type.*'cohere'.*available: fake, ollama, openai",
     ):
-        await EMBEDDERS.create("remote", EmbedderSettings(type="ollama"))
+        await EMBEDDERS.create("remote", unknown)
+
+
+async def test_misconfigured_embedder_stops_the_sidecar_at_start() -> None:
     tmp = short_tmpdir()
     config = load_config(
         None,
@@ -175,7 +189,7 @@ async def test_unavailable_embedder_type_is_a_config_error() -> None:
         },
     )
     try:
-        with pytest.raises(DriverConfigError, match="'openai' is not available"):
+        with pytest.raises(DriverConfigError, match=r"embedders\.remote\.model: required"):
             await build_sidecar(config)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,6 +205,9 @@ async def test_unknown_driver_and_options_are_config_errors(clock: ManualClock) 
 
 async def test_sweep_removes_expired_records(driver: SemanticDriver, clock: ManualClock) -> None:
     as_tenant("sweep")
+    # sweep() covers every tenant, and a shared database holds other tests' expired
+    # records (written at the clock's default start): run this one well before them.
+    clock.now = 1_000_000_000.0
     svc = service(driver, clock, FakeEmbedder(16))
     await upsert(svc, "notes", "a", "short", ttl={"seconds": 10})
     await upsert(svc, "notes", "b", "long", ttl={"seconds": 100})
