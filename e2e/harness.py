@@ -238,7 +238,7 @@ class PodRunner:
 
     def rewrite_config(self) -> None:
         """Rewrite mount paths inside the rendered sidecar config (a mounted file)."""
-        for mount, target in self.mounts.items():
+        for target in self.mounts.values():
             for path in target.glob("*.yaml"):
                 config = yaml.safe_load(path.read_text())
                 if not isinstance(config, dict):
@@ -248,7 +248,6 @@ class PodRunner:
                 if isinstance(kube, dict) and "labels_file" not in kube:
                     kube["labels_file"] = self.host_path("/etc/memsidecar-podinfo/labels")
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
-            del mount
 
     # --- process ---------------------------------------------------------------------------
 
