@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup services services-down run demo test lint proto proto-check clean e2e
+.PHONY: setup services services-down run demo test lint proto proto-check clean bench e2e
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ services-down: ## Stop the test-ground servers (data is kept)
 	-scripts/postgres.sh down
 
 test: setup services ## The whole test suite, against real servers started on loopback
-	PATH="$${MEMSIDECAR_CACHE:-$$HOME/.cache/memsidecar}/bin:$$PATH" $(BIN)/python -m pytest
+	PATH="$${MEMSIDECAR_CACHE:-$$HOME/.cache/memsidecar}/bin:$$PATH" \
+	KUBECONFIG="$${KUBECONFIG:-$${MEMSIDECAR_STATE:-$$HOME/.local/state/memsidecar}/k8s/kubeconfig}" \
+	$(BIN)/python -m pytest
+
+bench: setup ## Sidecar vs Redis, asyncpg, pgvector SQL, boto3 in one table (docs/benchmarks.md; ~10 min)
+	$(BIN)/pip install --quiet -e '.[bench]' -c constraints.txt
+	scripts/postgres.sh up >/dev/null
+	scripts/minio.sh up >/dev/null
+	scripts/redis.sh up >/dev/null
+	$(BIN)/python -m bench --no-services $(BENCH_ARGS)
 
 e2e: setup services ## The e2e flow (e2e/README.md): on $KUBECONFIG if set, else on e2e/cluster's control plane
 	given="$${KUBECONFIG:-}"; env_out="$$(e2e/cluster/up.sh)" || exit 1; eval "$$env_out"; \
