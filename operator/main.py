@@ -1,4 +1,6 @@
-"""Entry point: `python -m memsidecar.operator [flags]` (and `memsidecar operator run`).
+"""Entry point: `python -m memsidecar.operator [flags]`; a CLI command calls
+`memsidecar.operator.main.run(args, prog=...)`. (operator/ has no __init__.py on
+purpose: a regular top-level `operator` package would shadow the stdlib's.)
 
 `run(argv)` parses flags/env into OperatorSettings, prepares the webhook certificate
 (and, when asked, the webhook configurations), starts /metrics, and runs kopf with
