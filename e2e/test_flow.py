@@ -344,12 +344,7 @@ def test_4_policy_change_is_enforced_without_restart(flow: Flow) -> None:
     assert flow.pod, "needs the admitted pod of test_2"
     cm = flow.kubectl.get("configmap", "memsidecar-default", flow.namespace) or {}
     rendered = yaml.safe_load(cm.get("data", {}).get("sidecar.yaml", "{}")) or {}
-    if not (rendered.get("policy") or {}).get("kubernetes"):
-        pytest.xfail(
-            "the operator's rendered sidecar config (webhooks/store.py render_sidecar_config) "
-            "does not set policy.kubernetes, and the injected env does not either, so "
-            "sidecars never watch MemoryPolicy objects"
-        )
+    assert (rendered.get("policy") or {}).get("kubernetes") == {}
     assert flow.agent("kv-only") == {"kv": "allowed"}
     pid_before = flow.runner.process.pid if flow.runner and flow.runner.process else None
     flow.kubectl.apply(policy(flow.namespace, DENY_KV))

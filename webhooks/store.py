@@ -323,6 +323,9 @@ def render_sidecar_config(store: Mapping[str, Any]) -> JSON:
         "identity": {"tenant": tenant},
         "log_level": sidecar.get("logLevel") or "info",
         "blocks": blocks,
+        # Injected sidecars enforce the MemoryPolicy objects of their namespace (namespace
+        # and pod name come from the injected POD_NAMESPACE / POD_NAME env).
+        "policy": {"kubernetes": {}},
     }
     auth = _auth(_map(spec.get("auth"), "spec.auth", problems), problems)
     if auth is not None:
