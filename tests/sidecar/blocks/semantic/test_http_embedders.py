@@ -152,7 +152,11 @@ async def test_server_errors_back_off_exponentially(
 async def test_jitter_spreads_the_waits(api: EmbeddingAPI, sleeps: Sleeps) -> None:
     api.failures += [Failure(503), Failure(503)]
     settings = EmbedderSettings(
-        type="ollama", model=api.model, dimension=DIM, retry_backoff=timedelta(seconds=1), max_retries=2
+        type="ollama",
+        model=api.model,
+        dimension=DIM,
+        retry_backoff=timedelta(seconds=1),
+        max_retries=2,
     )
     draws = iter([0.5, 0.25])
     if isinstance(api, OllamaAPI):
