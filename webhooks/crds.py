@@ -641,7 +641,7 @@ def _condition_schema() -> Schema:
             ),
             "lastTransitionTime": string("When the status last changed.", format="date-time"),
             "reason": string(
-                "A CamelCase reason, e.g. SecretNotFound or BackendUnreachable.",
+                "A CamelCase reason, e.g. SecretNotFound or PostgresUnreachable.",
                 minLength=1,
                 maxLength=1024,
                 pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",

@@ -110,6 +110,17 @@ def probe(socket: Path | None, target: str | None, service: str, timeout: float)
         sys.exit(1)
 
 
+@main.command(
+    "operator", context_settings={"ignore_unknown_options": True, "help_option_names": []}
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def operator_command(args: tuple[str, ...]) -> None:
+    """Run the Kubernetes operator (flags: `memsidecar operator --help`)."""
+    from memsidecar.operator.main import run as run_operator
+
+    sys.exit(run_operator(list(args), prog="memsidecar operator"))
+
+
 @main.command("config")
 @click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
 def show_config(config: Path | None) -> None:
