@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: setup services services-down run demo test lint proto proto-check clean bench e2e
+.PHONY: setup services services-down run demo test lint proto proto-check clean bench e2e kind-up
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench: setup ## Sidecar vs Redis, asyncpg, pgvector SQL, boto3 in one table (doc
 	scripts/minio.sh up >/dev/null
 	scripts/redis.sh up >/dev/null
 	$(BIN)/python -m bench --no-services $(BENCH_ARGS)
+
+kind-up: ## (needs Docker) kind cluster with both images and the chart, for `make e2e KUBECONFIG=...`
+	scripts/kind-up.sh
 
 e2e: setup services ## The e2e flow (e2e/README.md): on $KUBECONFIG if set, else on e2e/cluster's control plane
 	given="$${KUBECONFIG:-}"; env_out="$$(e2e/cluster/up.sh)" || exit 1; eval "$$env_out"; \
