@@ -16,6 +16,7 @@ from memsidecar.sidecar.blocks.episodic.service import EpisodicService
 class EpisodicBlock(Block):
     name = "episodic"
     service_name = "memsidecar.episodic.v1.Episodic"
+    drivers = DRIVERS
 
     def __init__(self, driver: EpisodicDriver, ctx: BlockContext) -> None:
         self.driver = driver

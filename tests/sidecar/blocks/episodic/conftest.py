@@ -13,11 +13,24 @@ from memsidecar.client import AsyncMemSidecar
 from memsidecar.client.blocks.episodic import AsyncEpisodic
 from memsidecar.sidecar.blocks.episodic import EpisodicBlock
 from memsidecar.sidecar.server import Sidecar
-from tests.support import ManualClock, running_sidecar
+from tests.support import PG_TEST_DSN, ManualClock, running_sidecar, unique_tenant
 
 EPISODIC_DRIVERS: dict[str, dict[str, Any]] = {
     "memory": {"blocks.episodic.driver": "memory"},
+    "postgres": {
+        "blocks.episodic.driver": "postgres",
+        # Tails poll at this interval until the LISTEN connection is up.
+        "blocks.episodic.options": {"dsn": PG_TEST_DSN, "poll_seconds": 0.2},
+    },
 }
+
+
+def driver_overrides(request: pytest.FixtureRequest, driver: str) -> dict[str, Any]:
+    """The config of one driver, in a fresh tenant (tests share one database)."""
+    if driver == "postgres":
+        request.getfixturevalue("postgres")
+    return {**EPISODIC_DRIVERS[driver], **unique_tenant()}
+
 
 # Only these namespaces exist, so an unknown one is NOT_FOUND.
 NAMESPACES: dict[str, Any] = {
@@ -33,6 +46,10 @@ class Env:
     sidecar: Sidecar
     client: AsyncMemSidecar
     clock: ManualClock
+
+    @property
+    def tenant(self) -> str:
+        return self.sidecar.config.identity.tenant
 
     @property
     def ep(self) -> AsyncEpisodic:
@@ -51,7 +68,7 @@ Starter = Callable[..., contextlib.AbstractAsyncContextManager[Env]]
 @pytest.fixture(params=sorted(EPISODIC_DRIVERS))
 def start(request: pytest.FixtureRequest, clock: ManualClock) -> Starter:
     """Start a sidecar on this driver with extra config overrides."""
-    driver = EPISODIC_DRIVERS[request.param]
+    driver = driver_overrides(request, request.param)
 
     @contextlib.asynccontextmanager
     async def run(overrides: dict[str, Any] | None = None) -> AsyncIterator[Env]:

@@ -422,7 +422,7 @@ async def test_unknown_namespace_is_not_found(
 
 async def test_system_events(env: Env) -> None:
     cursor = await env.block.append_system_event(
-        "default", "ns", "checkpoint", "s1", {"reason": "orphaned", "n": 2}
+        env.tenant, "ns", "checkpoint", "s1", {"reason": "orphaned", "n": 2}
     )
     user = await env.ep.append("ns", "message", session_id="s1")
     assert user.cursor == cursor + 1
@@ -431,13 +431,13 @@ async def test_system_events(env: Env) -> None:
     assert event.cursor == cursor and event.role == "system" and event.session_id == "s1"
     assert event.payload == {"reason": "orphaned", "n": 2}
     with pytest.raises(NotFound):
-        await env.block.append_system_event("default", "other", "checkpoint", "s1", {})
+        await env.block.append_system_event(env.tenant, "other", "checkpoint", "s1", {})
     with pytest.raises(InvalidArgument, match="type is required"):
-        await env.block.append_system_event("default", "ns", "", "s1", {})
+        await env.block.append_system_event(env.tenant, "ns", "", "s1", {})
     with pytest.raises(InvalidArgument, match="not JSON"):
-        await env.block.append_system_event("default", "ns", "t", "s1", {"when": datetime.now()})
+        await env.block.append_system_event(env.tenant, "ns", "t", "s1", {"when": datetime.now()})
     with pytest.raises(InvalidArgument, match="finite"):
-        await env.block.append_system_event("default", "ns", "t", "s1", {"x": float("inf")})
+        await env.block.append_system_event(env.tenant, "ns", "t", "s1", {"x": float("inf")})
     assert len(await all_events(env.ep, "ns")) == 2
 
 
@@ -445,6 +445,6 @@ async def test_tenants_are_separate(env: Env) -> None:
     await env.ep.append("ns", "t")
     await env.ep.append("ns", "t")
     # Another tenant's first event in the same namespace gets cursor 1 and stays invisible.
-    assert await env.block.append_system_event("tenant-b", "ns", "t", "s", {}) == 1
+    assert await env.block.append_system_event(f"{env.tenant}-b", "ns", "t", "s", {}) == 1
     assert await cursors(env.ep, "ns") == [1, 2]
     assert (await env.ep.list_sessions("ns")).sessions == []

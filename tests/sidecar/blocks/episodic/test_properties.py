@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from memsidecar.client.blocks.episodic import AsyncEpisodic
 from memsidecar.client.errors import InvalidArgumentError
-from tests.sidecar.blocks.episodic.conftest import EPISODIC_DRIVERS
+from tests.sidecar.blocks.episodic.conftest import EPISODIC_DRIVERS, driver_overrides
 from tests.support import ManualClock, running_sidecar
 
 # Namespace kind -> (max_age seconds, max_events)
@@ -163,9 +163,9 @@ async def scenario(
 
 
 @pytest.mark.parametrize("driver", sorted(EPISODIC_DRIVERS))
-def test_cursor_invariants(driver: str) -> None:
+def test_cursor_invariants(request: pytest.FixtureRequest, driver: str) -> None:
     clock = ManualClock()
-    overrides = {**EPISODIC_DRIVERS[driver], "blocks.episodic.namespaces": NAMESPACES}
+    overrides = {**driver_overrides(request, driver), "blocks.episodic.namespaces": NAMESPACES}
     names = itertools.count()
     with asyncio.Runner() as runner:
         running = running_sidecar(overrides, clock=clock)
