@@ -11,7 +11,7 @@ PROTOS := $(shell find proto -name '*.proto')
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' -c constraints.txt
+	$(BIN)/pip install --quiet -e '.[dev,bench]' -c constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install memsidecar with its dev tools
@@ -40,7 +40,6 @@ test: setup services ## The whole test suite, against real servers started on lo
 	$(BIN)/python -m pytest
 
 bench: setup ## Sidecar vs Redis, asyncpg, pgvector SQL, boto3 in one table (docs/benchmarks.md; ~10 min)
-	$(BIN)/pip install --quiet -e '.[bench]' -c constraints.txt
 	scripts/postgres.sh up >/dev/null
 	scripts/minio.sh up >/dev/null
 	scripts/redis.sh up >/dev/null
