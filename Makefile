@@ -11,7 +11,7 @@ PROTOS := $(shell find proto -name '*.proto')
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]' -c constraints.txt
+	$(BIN)/pip install --quiet -e '.[dev,bench,integrations]' -c constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install memsidecar with its dev tools

@@ -1,0 +1,1 @@
+"""LangGraph on the sidecar: a `BaseStore` (`.store`) and a checkpointer (`.checkpoint`)."""

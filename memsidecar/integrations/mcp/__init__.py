@@ -1,0 +1,1 @@
+"""An MCP server exposing the sidecar's memory as tools (stdio and streamable HTTP)."""
