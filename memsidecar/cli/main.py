@@ -121,6 +121,16 @@ def operator_command(args: tuple[str, ...]) -> None:
     sys.exit(run_operator(list(args), prog="memsidecar operator"))
 
 
+@main.command("mcp", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def mcp_command(args: tuple[str, ...]) -> None:
+    """Serve memory to MCP clients as tools (flags: `memsidecar mcp --help`; needs [mcp])."""
+    # Imported here: the mcp extra is optional and heavy.
+    from memsidecar.integrations.mcp.server import command
+
+    command.main(list(args), prog_name="memsidecar mcp")
+
+
 @main.command("config")
 @click.option("--config", "-c", type=click.Path(path_type=Path), help="sidecar YAML config")
 def show_config(config: Path | None) -> None:
