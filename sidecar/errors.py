@@ -61,3 +61,8 @@ class Unavailable(MemError):
 
 class DeadlineExceeded(MemError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class SchemaOutdated(Exception):
+    """The database schema is older than this sidecar needs (`memsidecar migrate` fixes it).
+    Here, not in backends.postgres, so the CLI can catch it without importing asyncpg."""

@@ -32,19 +32,16 @@ from memsidecar.sidecar.rpc import Ctx
 log = logging.getLogger("memsidecar.pipeline")
 
 
-async def _abort(
-    context: Ctx, exc: BaseException, info: CallInfo, call: CallRecord | None = None
-) -> None:
+def _status(exc: Exception, info: CallInfo) -> tuple[grpc.StatusCode, str]:
+    """The status a failed call ends with: a MemError's own, else INTERNAL with an incident
+    id that is in the log (the caller never sees the exception)."""
     if isinstance(exc, MemError):
-        if call is not None:
-            call.fail(exc.code, exc.message)
-        await context.abort(exc.code, exc.message)
+        return exc.code, exc.message
     incident = uuid.uuid4().hex[:12]
     log.exception("internal error in %s (incident %s)", info.op, incident, exc_info=exc)
-    message = f"internal error in {info.op}; see the sidecar log, incident {incident}"
-    if call is not None:
-        call.fail(grpc.StatusCode.INTERNAL, message)
-    await context.abort(grpc.StatusCode.INTERNAL, message)
+    return grpc.StatusCode.INTERNAL, (
+        f"internal error in {info.op}; see the sidecar log, incident {incident}"
+    )
 
 
 class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -64,6 +61,17 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.authenticator = authenticator
         self.policy = policy or PolicyHolder()
         self.observer = observer or NullObserver()
+        # method → (the server's handler, our wrapped one): built once per method, not per call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def _fail(self, context: Ctx, exc: Exception, info: CallInfo, call: CallRecord) -> None:
+        """End the call's observation, then send its status. grpc.aio sends the status
+        inside abort(), so recording it after would let the caller see the failure before
+        metrics, the span and the access log do."""
+        code, message = _status(exc, info)
+        call.fail(code, message)
+        self.observer.end(call, context)
+        await context.abort(code, message)
 
     def _enter(self, context: Ctx, call: CallRecord) -> Any:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -121,6 +129,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap_unary(self, behavior: Any, info: CallInfo, streaming_request: bool) -> Any:
         async def handler(request: Any, context: Ctx) -> Any:
             token = None
+            ended = False
             call = self.observer.begin(info, context)
             try:
                 token = self._enter(context, call)
@@ -131,13 +140,15 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                await _abort(context, exc, info, call)
+                ended = True  # _fail ends the observation; abort() then raises
+                await self._fail(context, exc, info, call)
             except BaseException as exc:
                 # Cancelled: the caller went away or its deadline passed.
                 call.interrupted(context, exc)
                 raise
             finally:
-                self.observer.end(call, context)
+                if not ended:
+                    self.observer.end(call, context)
                 if token is not None:
                     reset_identity(token)
 
@@ -146,6 +157,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap_stream(self, behavior: Any, info: CallInfo, streaming_request: bool) -> Any:
         async def handler(request: Any, context: Ctx) -> AsyncIterator[Any]:
             token = None
+            ended = False
             call = self.observer.begin(info, context)
             try:
                 token = self._enter(context, call)
@@ -156,13 +168,15 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
-                await _abort(context, exc, info, call)
+                ended = True  # _fail ends the observation; abort() then raises
+                await self._fail(context, exc, info, call)
             except BaseException as exc:
                 # Cancelled, or the stream was closed before it finished.
                 call.interrupted(context, exc)
                 raise
             finally:
-                self.observer.end(call, context)
+                if not ended:
+                    self.observer.end(call, context)
                 if token is not None:
                     reset_identity(token)
 
@@ -174,7 +188,15 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(details)
-        info = parse_method(details.method)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, details.method)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        info = parse_method(method)
         if handler is None or info is None:
             return handler
         kwargs = {

@@ -9,18 +9,18 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memsidecar.sidecar.auth import AuthConfigError, ListenerAuthenticator, TokenVerifier
+from memsidecar.sidecar.auth import AuthConfigError, ListenerAuthenticator
 from memsidecar.sidecar.blocks import BLOCK_TYPES
 from memsidecar.sidecar.blocks.base import Block, BlockContext
 from memsidecar.sidecar.clock import Clock, system_clock
 from memsidecar.sidecar.config import SidecarConfig
-from memsidecar.sidecar.gateway import GatewayAwareAuthenticator, HttpGateway, build_gateway
+from memsidecar.sidecar.gateway import GatewayAwareAuthenticator
 from memsidecar.sidecar.identity import Identity
 from memsidecar.sidecar.observability.backend import observing
 from memsidecar.sidecar.observability.core import Observability
@@ -29,6 +29,9 @@ from memsidecar.sidecar.policy.holder import PolicyHolder
 from memsidecar.sidecar.policy.kubernetes import KubernetesPolicySource
 from memsidecar.sidecar.policy.loader import PolicyFileWatcher
 from memsidecar.sidecar.tls import CertificateReloader
+
+if TYPE_CHECKING:
+    from memsidecar.sidecar.gateway.server import HttpGateway
 
 log = logging.getLogger("memsidecar.server")
 
@@ -127,7 +130,11 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
             "listen.tcp is set but auth.keys is empty: TCP callers always need a token, so "
             "nobody could call; add verification keys (docs/tokens.md) or drop listen.tcp"
         )
-    verifier = TokenVerifier.from_settings(config.auth, clock) if config.auth.keys else None
+    verifier = None
+    if config.auth.keys:
+        from memsidecar.sidecar.auth.tokens import TokenVerifier  # pyseto, PyJWT: only with keys
+
+        verifier = TokenVerifier.from_settings(config.auth, clock)
     # Gateway calls arrive on the socket but are held to the TCP rule (sidecar/gateway/auth.py).
     authenticator = GatewayAwareAuthenticator(
         ListenerAuthenticator(config.auth, identity, verifier)
@@ -158,6 +165,8 @@ async def build_sidecar(config: SidecarConfig, clock: Clock = system_clock) -> S
     sidecar = Sidecar(config, server, ctx.blocks, health_servicer, policy)
     sidecar.observability = observability
     if config.listen.http:
+        from memsidecar.sidecar.gateway.server import build_gateway  # aiohttp: only when used
+
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         sidecar.gateway = build_gateway(config, [*names, health_name])
     if config.policy.file is not None:

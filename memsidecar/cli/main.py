@@ -11,10 +11,9 @@ from typing import Any
 import click
 
 from memsidecar.sidecar.auth.keys import AuthConfigError
-from memsidecar.sidecar.backends.postgres import SchemaOutdated
 from memsidecar.sidecar.blocks.registry import DriverConfigError
 from memsidecar.sidecar.config import ConfigError, SidecarConfig, load_config
-from memsidecar.sidecar.errors import MemError
+from memsidecar.sidecar.errors import MemError, SchemaOutdated
 from memsidecar.sidecar.policy.model import PolicyError
 from memsidecar.sidecar.tls import TLSConfigError
 

@@ -9,17 +9,13 @@ from memsidecar.sidecar.auth.authenticator import ListenerAuthenticator
 from memsidecar.sidecar.auth.keys import Algorithm, AuthConfigError
 from memsidecar.sidecar.auth.scope import check_op, check_scope
 from memsidecar.sidecar.auth.settings import AuthSettings, VerificationKey
-from memsidecar.sidecar.auth.tokens import TokenVerifier, inspect_token, issue_token
 
 __all__ = [
     "Algorithm",
     "AuthConfigError",
     "AuthSettings",
     "ListenerAuthenticator",
-    "TokenVerifier",
     "VerificationKey",
     "check_op",
     "check_scope",
-    "inspect_token",
-    "issue_token",
 ]

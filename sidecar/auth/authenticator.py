@@ -11,11 +11,16 @@ The token travels as gRPC metadata `x-memsidecar-capability: Bearer <token>`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from memsidecar.defaults import CAPABILITY_HEADER
 from memsidecar.sidecar.auth.settings import AuthSettings
-from memsidecar.sidecar.auth.tokens import TokenVerifier
 from memsidecar.sidecar.errors import Unauthenticated
 from memsidecar.sidecar.identity import Identity
+
+if TYPE_CHECKING:
+    # tokens imports pyseto and PyJWT: only a sidecar with token keys loads it.
+    from memsidecar.sidecar.auth.tokens import TokenVerifier
 
 _HOW_TO_SEND = (
     f"send metadata `{CAPABILITY_HEADER}: Bearer <token>` (the SDK does this with "

@@ -12,12 +12,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import pyseto
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from pyseto import KeyInterface
+
+if TYPE_CHECKING:
+    from pyseto import KeyInterface
 
 Algorithm = Literal["paseto-v4-public", "EdDSA", "RS256", "HS256"]
 ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
@@ -197,6 +198,8 @@ class KeyMaterial:
 
 def public_material(kid: str, algorithm: Algorithm, data: bytes, origin: str) -> KeyMaterial:
     """Verification material from PEM (any asymmetric algorithm) or PASERK k4.public (PASETO)."""
+    import pyseto  # only a sidecar with token keys pays for it
+
     text = data.strip()
     if algorithm == "paseto-v4-public":
         if text.startswith(b"k4.public."):

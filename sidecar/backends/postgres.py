@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from pydantic import Field, model_validator
 
-from memsidecar.sidecar.errors import MemError, Unavailable
+from memsidecar.sidecar.errors import MemError, SchemaOutdated, Unavailable
 from memsidecar.sidecar.models import StrictModel
 from memsidecar.sidecar.observability.backend import caller_operation, current_observer
 
@@ -56,10 +56,6 @@ class PostgresOptions(StrictModel):
 class Migration:
     version: int
     sql: str
-
-
-class SchemaOutdated(Exception):
-    """The database schema is older than this sidecar needs."""
 
 
 # Errors that mean "the database could not be reached or the connection broke".

@@ -7,7 +7,7 @@ does auth, scopes, policy, validation and errors. docs/gateway.md for callers.
 
 from __future__ import annotations
 
+# The server (aiohttp) is in .server, imported only by a sidecar with listen.http set.
 from memsidecar.sidecar.gateway.auth import GATEWAY_HEADER, GatewayAwareAuthenticator
-from memsidecar.sidecar.gateway.server import HttpGateway, build_gateway
 
-__all__ = ["GATEWAY_HEADER", "GatewayAwareAuthenticator", "HttpGateway", "build_gateway"]
+__all__ = ["GATEWAY_HEADER", "GatewayAwareAuthenticator"]

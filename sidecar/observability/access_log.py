@@ -1,4 +1,9 @@
-"""The access log: one JSON line per RPC, through the stdlib logging machinery.
+"""The access log: one JSON line per RPC.
+
+Lines are encoded and written directly to the stream, not through `logging.Logger`
+(a LogRecord, caller lookup and a formatter per call cost ~25 µs of the ~40 µs a line
+took; `python -m bench profile`). The stdlib handlers still pick the stream: stderr or
+stdout as they are at each write, or a file reopened when it is rotated away.
 
 A line names who called what and how it ended. It never holds request or response
 values, payloads, metadata or tokens: only the fields `access_fields()` picks from
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from logging.handlers import WatchedFileHandler
 from pathlib import Path
@@ -20,8 +26,8 @@ from memsidecar.sidecar.errors import MemError
 from memsidecar.sidecar.observability.observer import CallRecord
 from memsidecar.sidecar.observability.settings import AccessLogSettings
 
-# The LogRecord attribute the access fields travel in.
-FIELDS_ATTR = "memsidecar_access"
+log = logging.getLogger("memsidecar.access_log")
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def iso_time(seconds: float) -> str:
@@ -30,14 +36,6 @@ def iso_time(seconds: float) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
-
-
-class JsonLineFormatter(logging.Formatter):
-    """`{"time": ..., **fields}` on one line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = getattr(record, FIELDS_ATTR, None) or {"msg": record.getMessage()}
-        return json.dumps({"time": iso_time(record.created), **fields}, separators=(",", ":"))
 
 
 class StdStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -58,7 +56,7 @@ class StdStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def make_handler(stream: str) -> logging.Handler:
+def make_handler(stream: str) -> logging.StreamHandler[Any]:
     if stream in ("stderr", "stdout"):
         return StdStreamHandler(stream)
     path = Path(stream)
@@ -100,17 +98,26 @@ def access_fields(call: CallRecord, duration: float, trace_id: str | None) -> di
 class AccessLog:
     def __init__(self, settings: AccessLogSettings) -> None:
         self.settings = settings
+        # This sidecar's own stream, outside the logging tree: the sidecar's other logs
+        # (and other sidecars in the process) never mix into its lines.
         self.handler = make_handler(settings.stream)
-        self.handler.setFormatter(JsonLineFormatter())
-        # A logger of this sidecar's own, outside the logging tree: the sidecar's other
-        # logs (and other sidecars in the process) never mix into its lines.
-        self.logger = logging.Logger("memsidecar.access", logging.INFO)
-        self.logger.propagate = False
-        self.logger.addHandler(self.handler)
 
     def write(self, call: CallRecord, duration: float, trace_id: str | None = None) -> None:
-        self.logger.info("rpc", extra={FIELDS_ATTR: access_fields(call, duration, trace_id)})
+        fields = access_fields(call, duration, trace_id)
+        line = _encode({"time": iso_time(time.time()), **fields}) + "\n"
+        handler = self.handler
+        handler.acquire()
+        try:
+            if isinstance(handler, WatchedFileHandler):
+                handler.reopenIfNeeded()
+            stream = handler.stream
+            stream.write(line)
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            # A full disk or a closed stream loses the line, never the call.
+            log.warning("cannot write the access log line: %s", exc)
+        finally:
+            handler.release()
 
     def close(self) -> None:
-        self.logger.removeHandler(self.handler)
         self.handler.close()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as otel_context
@@ -24,11 +24,14 @@ from memsidecar.sidecar.blocks.session import SessionBlock
 from memsidecar.sidecar.calls import CallInfo
 from memsidecar.sidecar.observability.access_log import AccessLog
 from memsidecar.sidecar.observability.backend import reset_observer, set_observer
-from memsidecar.sidecar.observability.metrics import Metrics, MetricsServer
+from memsidecar.sidecar.observability.metrics import Metrics
 from memsidecar.sidecar.observability.observer import CallRecord, peer_kind
 from memsidecar.sidecar.observability.settings import ObservabilitySettings
 from memsidecar.sidecar.observability.tracing import Tracing
 from memsidecar.sidecar.rpc import Ctx
+
+if TYPE_CHECKING:
+    from memsidecar.sidecar.observability.metrics_server import MetricsServer
 
 log = logging.getLogger("memsidecar.observability")
 
@@ -57,6 +60,7 @@ class Observability:
         self.access_log = AccessLog(settings.access_log) if settings.access_log.enabled else None
         self.metrics_server: MetricsServer | None = None
         self._services: dict[str, str] = {}
+        self._rpc_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.watch_blocks(blocks or {})
 
     def watch_blocks(self, blocks: Mapping[str, Block]) -> None:
@@ -81,6 +85,8 @@ class Observability:
     async def start(self) -> None:
         listen = self.settings.metrics.listen
         if listen is not None and self.metrics_server is None:
+            from memsidecar.sidecar.observability.metrics_server import MetricsServer
+
             server = MetricsServer(self.metrics, listen, self.settings.metrics.path)
             await server.start()
             self.metrics_server = server
@@ -160,8 +166,16 @@ class Observability:
 
     def _record_metrics(self, call: CallRecord, code: grpc.StatusCode, duration: float) -> None:
         labels = (call.info.block, call.info.method, code.name)
-        self.metrics.rpc_requests.labels(*labels).inc()
-        self.metrics.rpc_duration.labels(*labels).observe(duration)
+        # The labelled children are kept: labels() takes a lock and builds a key per call,
+        # and (block, method, code) is a small fixed set.
+        children = self._rpc_children.get(labels)
+        if children is None:
+            children = self._rpc_children[labels] = (
+                self.metrics.rpc_requests.labels(*labels),
+                self.metrics.rpc_duration.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(duration)
         decision = call.decision
         if decision is not None:
             self.metrics.policy_decisions.labels(

@@ -1,5 +1,5 @@
 """Prometheus metrics of one sidecar, in its own registry (several sidecars can share a
-process, as in tests), served over HTTP by aiohttp on the sidecar's event loop.
+process, as in tests), served by `metrics_server.MetricsServer` when configured.
 
 Gauges of state the blocks own (active leases, active sessions) are sampled when
 scraped: each scrape awaits the blocks' count callbacks first, so no bookkeeping is
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -26,9 +24,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-
-from memsidecar.sidecar.errors import MemError
-from memsidecar.sidecar.observability.settings import split_host_port
 
 log = logging.getLogger("memsidecar.observability")
 
@@ -143,44 +138,3 @@ class Metrics:
         await self.sampled.sample()
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
-
-
-class MetricsServer:
-    """`GET <path>` on host:port → the metrics; anything else 404."""
-
-    def __init__(self, metrics: Metrics, listen: str, path: str) -> None:
-        self.metrics = metrics
-        self.listen = listen
-        self.path = path
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        host, port = split_host_port(self.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host, port), family=family)
-        except OSError as exc:
-            raise MemError(
-                f"cannot serve metrics on {self.listen}: {exc.strerror or exc}; pick another "
-                "observability.metrics.listen (port 0 = any free port) or set it to null"
-            ) from exc
-        app = web.Application()
-        app.router.add_get(self.path, self._scrape)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
-        self._runner = runner
-        bound_port = sock.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound_port}{self.path}"
-
-    async def _scrape(self, request: web.Request) -> web.Response:
-        body, content_type = await self.metrics.render(request.headers.get("Accept", ""))
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
-from memsidecar.sidecar.blocks.registry import DriverConfigError
+from memsidecar.sidecar.blocks.registry import DriverConfigError, load_attribute
 from memsidecar.sidecar.blocks.semantic.settings import EmbedderSettings
 
 
@@ -32,25 +32,29 @@ EmbedderFactory = Callable[[EmbedderSettings], Awaitable[Embedder]]
 
 
 class EmbedderRegistry:
-    """Embedder types by EmbedderSettings.type; adding a type is one register() call."""
+    """Embedder types by EmbedderSettings.type; adding a type is one register() call.
+
+    Like drivers, each type is a module with `create(settings)`, imported on first use
+    (the HTTP embedders bring aiohttp)."""
 
     def __init__(self) -> None:
-        self._factories: dict[str, EmbedderFactory] = {}
+        self._modules: dict[str, str] = {}
 
-    def register(self, type: str, factory: EmbedderFactory) -> None:
-        self._factories[type] = factory
+    def register(self, type: str, module: str) -> None:
+        self._modules[type] = module
 
     @property
     def types(self) -> list[str]:
-        return sorted(self._factories)
+        return sorted(self._modules)
 
     async def create(self, key: str, settings: EmbedderSettings) -> Embedder:
-        factory = self._factories.get(settings.type)
-        if factory is None:
+        module = self._modules.get(settings.type)
+        if module is None:
             raise DriverConfigError(
                 f"blocks.semantic.embedders.{key}.type: embedder type {settings.type!r} is not "
                 f"available in this sidecar; available: {', '.join(self.types)}"
             )
+        factory = cast(EmbedderFactory, load_attribute(module, "create"))
         try:
             return await factory(settings)
         except DriverConfigError as exc:
