@@ -211,18 +211,23 @@ class MemorySemantic:
         if ns.space != space:
             raise space_mismatch(namespace, ns.space, space)
         index, records = ns.index, ns.records
-        if where.empty:
-            rows: npt.NDArray[np.intp] = np.arange(len(index.ids))
-        else:
-            rows = np.fromiter(
-                (row for row, id in enumerate(index.ids) if matches(records[id][-1], where)),
-                dtype=np.intp,
-            )
-        if rows.size == 0:
+        if not index.ids:
             return []
         unit = query.astype(np.float64)
         unit /= np.linalg.norm(unit)
-        scores = np.clip(index.matrix()[rows] @ unit, -1.0, 1.0)
+        # Score the live matrix as it is (a slice, no copy), then filter lazily.
+        scores = np.clip(index.matrix() @ unit, -1.0, 1.0)
+        if where.empty:
+            ranked = self._best(scores, index.ids, top_k, min_score)
+        else:
+            ranked = self._best_matching(scores, index.ids, records, where, top_k, min_score)
+        return [ScoredRecord(records[id][-1], score) for score, id in ranked]
+
+    @staticmethod
+    def _best(
+        scores: npt.NDArray[np.float64], ids: list[str], top_k: int, min_score: float | None
+    ) -> list[tuple[float, str]]:
+        rows: npt.NDArray[np.intp] = np.arange(scores.size)
         if min_score is not None:
             keep = scores >= min_score
             rows, scores = rows[keep], scores[keep]
@@ -232,10 +237,36 @@ class MemorySemantic:
             keep = scores >= kth
             rows, scores = rows[keep], scores[keep]
         ranked = sorted(
-            zip(scores.tolist(), (index.ids[row] for row in rows.tolist()), strict=True),
+            zip(scores.tolist(), (ids[row] for row in rows.tolist()), strict=True),
             key=lambda pair: (-pair[0], pair[1]),
         )
-        return [ScoredRecord(records[id][-1], score) for score, id in ranked[:top_k]]
+        return ranked[:top_k]
+
+    @staticmethod
+    def _best_matching(
+        scores: npt.NDArray[np.float64],
+        ids: list[str],
+        records: dict[str, list[StoredRecord]],
+        where: SearchFilter,
+        top_k: int,
+        min_score: float | None,
+    ) -> list[tuple[float, str]]:
+        """Walk the records best score first and test the filter only until top_k match
+        (and the records tied with the k-th): a 10% filter checks ~10·top_k records, not
+        every record in the namespace."""
+        picked: list[tuple[float, str]] = []
+        kth: float | None = None
+        for row in np.argsort(-scores, kind="stable").tolist():
+            score = float(scores[row])
+            if (min_score is not None and score < min_score) or (kth is not None and score < kth):
+                break
+            id = ids[row]
+            if matches(records[id][-1], where):
+                picked.append((score, id))
+                if len(picked) == top_k:
+                    kth = score
+        picked.sort(key=lambda pair: (-pair[0], pair[1]))
+        return picked[:top_k]
 
     async def delete(self, tenant: str, namespace: str, id: str, hard: bool, now: float) -> bool:
         scope = (tenant, namespace)
