@@ -757,12 +757,9 @@ class PgvectorSemantic:
                 kth = ranked[top_k - 1][0]
                 if ranked[-1][0] == kth:
                     ranked = await self._complete_ties(conn, ranked, kth, sql, query)
-        hits = [
-            ScoredRecord(_record(row), score)
-            for score, _, row in ranked
-            if min_score is None or score >= min_score
-        ]
-        return hits[:top_k]
+        # Records are built for the top_k kept only, not for every candidate fetched.
+        kept = [(score, row) for score, _, row in ranked if min_score is None or score >= min_score]
+        return [ScoredRecord(_record(row), score) for score, row in kept[:top_k]]
 
     async def _complete_ties(
         self,
