@@ -232,9 +232,12 @@ class PodRunner:
     def command(self) -> list[str]:
         argv = [*(self.container.get("command") or []), *(self.container.get("args") or [])]
         assert argv, "the container has no command"
+        argv = [self.rewrite(a) for a in argv]
+        # The image's entry point is this checkout's venv: a host path, never a mount path
+        # (so a checkout under /tmp, which the pod mounts, is not mapped onto a volume).
         if argv[0] == "memsidecar":
             argv[0] = str(VENV_BIN / "memsidecar")
-        return [self.rewrite(a) for a in argv]
+        return argv
 
     def rewrite_config(self) -> None:
         """Rewrite mount paths inside the rendered sidecar config (a mounted file)."""
