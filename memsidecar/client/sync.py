@@ -116,6 +116,17 @@ class MemSidecar:
         """Connect where the environment says: MEMSIDECAR_SOCKET (or MEMSIDECAR_TARGET)."""
         return cls(**kwargs)
 
+    @property
+    def aio(self) -> AsyncMemSidecar:
+        """The AsyncMemSidecar this client drives. Use it only on `loop` (e.g. through
+        `asyncio.run_coroutine_threadsafe(coro, m.loop)`): its channel lives there."""
+        return self._async
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop `aio` runs on, in this client's own thread; closed by `close()`."""
+        return self._runner.loop
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         self._runner.run(self._async.wait_ready(timeout))
 

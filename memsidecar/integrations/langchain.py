@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import aclosing
-from types import TracebackType
 from typing import Any
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage, message_to_dict, messages_from_dict
 
 from memsidecar.client import AsyncMemSidecar, MemSidecar
+from memsidecar.integrations.bridge import Adapter, ClientBridge, on_own_client
 from memsidecar.integrations.chat_log import ChatLog, Record, check_session_id
 
 FORMAT = "langchain"
 
 
-class MemSidecarChatMessageHistory(BaseChatMessageHistory):
+class MemSidecarChatMessageHistory(Adapter, BaseChatMessageHistory):
     """The chat history of one session, kept in an episodic namespace.
 
     `client` is a MemSidecar (sync and async methods work) or an AsyncMemSidecar (async
@@ -40,13 +40,14 @@ class MemSidecarChatMessageHistory(BaseChatMessageHistory):
         window: int | None = None,
     ) -> None:
         super().__init__()
+        self._bridge = ClientBridge(client)
         self.session_id = check_session_id(session_id)
         if window is not None and (
             isinstance(window, bool) or not isinstance(window, int) or window < 1
         ):
             raise ValueError(f"window must be a positive int or None, got {window!r}")
         self.window = window
-        self._log = ChatLog(client, namespace, FORMAT)
+        self._log = ChatLog(self._bridge.aio.episodic, namespace, FORMAT)
 
     @classmethod
     def from_env(
@@ -59,14 +60,10 @@ class MemSidecarChatMessageHistory(BaseChatMessageHistory):
     ) -> MemSidecarChatMessageHistory:
         """A history with its own MemSidecar.from_env() client, closed by `close()`.
         For one history per request, share one client instead of this."""
-        client = MemSidecar.from_env(**client_kwargs)
-        try:
-            history = cls(session_id, client=client, namespace=namespace, window=window)
-        except BaseException:
-            client.close()
-            raise
-        history._log.own_client()
-        return history
+        return on_own_client(
+            lambda client: cls(session_id, client=client, namespace=namespace, window=window),
+            **client_kwargs,
+        )
 
     @property
     def namespace(self) -> str:
@@ -75,38 +72,23 @@ class MemSidecarChatMessageHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The stored messages, oldest first (the last `window` of them with a window)."""
-        return self._log.call(self._read)
+        return self._bridge.call(self._read())
 
     async def aget_messages(self) -> list[BaseMessage]:
-        return await self._log.acall(self._read)
+        return await self._bridge.acall(self._read())
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
-        self._log.call(self._append, messages)
+        self._bridge.call(self._append(messages))
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
-        await self._log.acall(self._append, messages)
+        await self._bridge.acall(self._append(messages))
 
     def clear(self) -> None:
         """Delete the session's events from the sidecar (not only from the view)."""
-        self._log.call(self._log.delete, self.session_id)
+        self._bridge.call(self._log.delete(self.session_id))
 
     async def aclear(self) -> None:
-        await self._log.acall(self._log.delete, self.session_id)
-
-    def close(self) -> None:
-        """Close the client if `from_env` made it."""
-        self._log.close()
-
-    def __enter__(self) -> MemSidecarChatMessageHistory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        await self._bridge.acall(self._log.delete(self.session_id))
 
     async def _read(self) -> list[BaseMessage]:
         payloads: list[Any] = []

@@ -30,6 +30,7 @@ from llama_index.core.storage.chat_store.base import BaseChatStore
 
 from memsidecar.client import AsyncMemSidecar, MemSidecar
 from memsidecar.client.blocks.episodic import Event
+from memsidecar.integrations.bridge import Adapter, ClientBridge, on_own_client
 from memsidecar.integrations.chat_log import MESSAGE, ChatLog, Record, check_session_id
 
 FORMAT = "llamaindex"
@@ -37,7 +38,7 @@ SET = "chat.set"
 DELETE = "chat.delete"
 
 
-class MemSidecarChatStore(BaseChatStore):
+class MemSidecarChatStore(Adapter, BaseChatStore):
     """Chat histories by key, one episodic session per key, in one namespace.
 
     `client` is a MemSidecar (sync and async methods work) or an AsyncMemSidecar (async
@@ -45,80 +46,73 @@ class MemSidecarChatStore(BaseChatStore):
     """
 
     namespace: str = "chat"
+    _bridge: ClientBridge = PrivateAttr()
     _log: ChatLog = PrivateAttr()
 
     def __init__(self, *, client: MemSidecar | AsyncMemSidecar, namespace: str = "chat") -> None:
         super().__init__()
-        self._log = ChatLog(client, namespace, FORMAT)
+        self._bridge = ClientBridge(client)
+        self._log = ChatLog(self._bridge.aio.episodic, namespace, FORMAT)
         self.namespace = namespace
 
     @classmethod
     def from_env(cls, *, namespace: str = "chat", **client_kwargs: Any) -> MemSidecarChatStore:
-        """A store with its own MemSidecar.from_env() client, closed by `close()`."""
-        client = MemSidecar.from_env(**client_kwargs)
-        try:
-            store = cls(client=client, namespace=namespace)
-        except BaseException:
-            client.close()
-            raise
-        store._log.own_client()
-        return store
+        """A store with its own MemSidecar.from_env() client, closed by `close()` (or `with`)."""
+        return on_own_client(
+            lambda client: cls(client=client, namespace=namespace), **client_kwargs
+        )
 
     @classmethod
     def class_name(cls) -> str:
         return "MemSidecarChatStore"
 
-    def close(self) -> None:
-        """Close the client if `from_env` made it."""
-        self._log.close()
-
     # Sync and async variants run the same coroutine through the client's loop.
 
     def set_messages(self, key: str, messages: list[ChatMessage]) -> None:
-        self._log.call(self._set, key, messages)
+        self._bridge.call(self._set(key, messages))
 
     async def aset_messages(self, key: str, messages: list[ChatMessage]) -> None:
-        await self._log.acall(self._set, key, messages)
+        await self._bridge.acall(self._set(key, messages))
 
     def get_messages(self, key: str) -> list[ChatMessage]:
-        return self._log.call(self._get, key)
+        return self._bridge.call(self._get(key))
 
     async def aget_messages(self, key: str) -> list[ChatMessage]:
-        return await self._log.acall(self._get, key)
+        return await self._bridge.acall(self._get(key))
 
     def add_message(self, key: str, message: ChatMessage) -> None:
-        self._log.call(self._add, key, message)
+        self._bridge.call(self._add(key, message))
 
     async def async_add_message(self, key: str, message: ChatMessage) -> None:
-        await self._log.acall(self._add, key, message)
+        await self._bridge.acall(self._add(key, message))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Delete the key's session and return its messages; None if the key has none stored."""
-        return self._log.call(self._delete_all, key)
+        return self._bridge.call(self._delete_all(key))
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
-        return await self._log.acall(self._delete_all, key)
+        return await self._bridge.acall(self._delete_all(key))
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove and return the message at `idx` (negative counts from the end, as for a
         list); None if the key or index does not exist."""
-        return self._log.call(self._delete_at, key, idx)
+        return self._bridge.call(self._delete_at(key, idx))
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
-        return await self._log.acall(self._delete_at, key, idx)
+        return await self._bridge.acall(self._delete_at(key, idx))
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
-        return self._log.call(self._delete_at, key, -1)
+        return self._bridge.call(self._delete_at(key, -1))
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
-        return await self._log.acall(self._delete_at, key, -1)
+        return await self._bridge.acall(self._delete_at(key, -1))
 
     def get_keys(self) -> list[str]:
         """Every key with events stored, in key order (a key set to [] is still listed)."""
-        return self._log.call(self._log.session_ids)
+        return self._bridge.call(self._log.session_ids())
 
     async def aget_keys(self) -> list[str]:
-        return await self._log.acall(self._log.session_ids)
+        return await self._bridge.acall(self._log.session_ids())
 
     # The operations.
 

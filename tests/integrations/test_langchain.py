@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,38 +24,16 @@ from langchain_core.messages import (
 )
 from langchain_core.prompt_values import PromptValue
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from memsidecar.client import AsyncMemSidecar, InvalidArgumentError, MemSidecar
 from memsidecar.integrations.langchain import MemSidecarChatMessageHistory
-from tests.support import SidecarProcess, running_sidecar, sidecar_process
+from tests.integrations import fresh_namespace
+from tests.support import SidecarProcess
 
 # langchain-core 1.x deprecates RunnableWithMessageHistory (docs/integrations/langchain.md).
 pytestmark = pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[AsyncMemSidecar]:
-    async with running_sidecar() as (_, c):
-        yield c
-
-
-@pytest.fixture(scope="module")
-def process() -> Iterator[SidecarProcess]:
-    with sidecar_process() as proc:
-        yield proc
-
-
-@pytest.fixture
-def sync_client(process: SidecarProcess) -> Iterator[MemSidecar]:
-    with MemSidecar(socket=process.socket) as m:
-        yield m
-
-
-def fresh_namespace() -> str:
-    # One sidecar process serves the whole module: each test gets its own namespace.
-    return f"lc-{uuid.uuid4().hex[:10]}"
 
 
 def every_kind() -> list[BaseMessage]:
@@ -102,8 +79,8 @@ def every_kind() -> list[BaseMessage]:
 # Round trip and the stored form
 
 
-async def test_every_message_type_round_trips(client: AsyncMemSidecar) -> None:
-    history = MemSidecarChatMessageHistory("s", client=client)
+async def test_every_message_type_round_trips(async_client: AsyncMemSidecar) -> None:
+    history = MemSidecarChatMessageHistory("s", client=async_client)
     sent = every_kind()
     await history.aadd_messages(sent)
     got = await history.aget_messages()
@@ -122,11 +99,11 @@ async def test_every_message_type_round_trips(client: AsyncMemSidecar) -> None:
     assert isinstance(tool, ToolMessage) and tool.artifact == {"rows": [1, 2]}
 
 
-async def test_each_message_is_one_readable_episodic_event(client: AsyncMemSidecar) -> None:
-    history = MemSidecarChatMessageHistory("s", client=client, namespace="chat-log")
+async def test_each_message_is_one_readable_episodic_event(async_client: AsyncMemSidecar) -> None:
+    history = MemSidecarChatMessageHistory("s", client=async_client, namespace="chat-log")
     sent = [HumanMessage("hi"), AIMessage("hello"), SystemMessage("sys")]
     await history.aadd_messages(sent)
-    events = [e async for e in client.episodic.range("chat-log", session_id="s")]
+    events = [e async for e in async_client.episodic.range("chat-log", session_id="s")]
     assert [e.type for e in events] == ["message"] * 3
     assert [e.role for e in events] == ["human", "ai", "system"]
     assert [e.payload for e in events] == [message_to_dict(m) for m in sent]
@@ -138,12 +115,12 @@ async def test_each_message_is_one_readable_episodic_event(client: AsyncMemSidec
 
 
 async def test_order_is_kept_across_calls_and_concurrent_sessions(
-    client: AsyncMemSidecar,
+    async_client: AsyncMemSidecar,
 ) -> None:
     sessions = [f"user-{i}" for i in range(12)]
 
     async def chat(session: str) -> None:
-        history = MemSidecarChatMessageHistory(session, client=client)
+        history = MemSidecarChatMessageHistory(session, client=async_client)
         for turn in range(10):
             await history.aadd_messages(
                 [HumanMessage(f"{session} q{turn}"), AIMessage(f"{session} a{turn}")]
@@ -151,55 +128,57 @@ async def test_order_is_kept_across_calls_and_concurrent_sessions(
 
     await asyncio.gather(*(chat(s) for s in sessions))
     for session in sessions:
-        got = await MemSidecarChatMessageHistory(session, client=client).aget_messages()
+        got = await MemSidecarChatMessageHistory(session, client=async_client).aget_messages()
         expected = [text for t in range(10) for text in (f"{session} q{t}", f"{session} a{t}")]
         assert [m.content for m in got] == expected
-    listed = [s.session_id async for s in client.episodic.sessions("chat")]
+    listed = [s.session_id async for s in async_client.episodic.sessions("chat")]
     assert listed == sorted(sessions)
 
 
-async def test_clear_deletes_only_that_session(client: AsyncMemSidecar) -> None:
-    a = MemSidecarChatMessageHistory("a", client=client)
-    b = MemSidecarChatMessageHistory("b", client=client)
+async def test_clear_deletes_only_that_session(async_client: AsyncMemSidecar) -> None:
+    a = MemSidecarChatMessageHistory("a", client=async_client)
+    b = MemSidecarChatMessageHistory("b", client=async_client)
     await a.aadd_messages([HumanMessage("a1"), AIMessage("a2")])
     await b.aadd_messages([HumanMessage("b1")])
     await a.aclear()
     assert await a.aget_messages() == []
     assert [m.content for m in await b.aget_messages()] == ["b1"]
     # Really deleted from the sidecar, not hidden.
-    assert [e async for e in client.episodic.range("chat", session_id="a")] == []
+    assert [e async for e in async_client.episodic.range("chat", session_id="a")] == []
     await a.aadd_messages([HumanMessage("again")])
     assert [m.content for m in await a.aget_messages()] == ["again"]
-    await MemSidecarChatMessageHistory("never-used", client=client).aclear()
+    await MemSidecarChatMessageHistory("never-used", client=async_client).aclear()
 
 
-async def test_unknown_session_is_empty(client: AsyncMemSidecar) -> None:
-    assert await MemSidecarChatMessageHistory("nobody", client=client).aget_messages() == []
+async def test_unknown_session_is_empty(async_client: AsyncMemSidecar) -> None:
+    assert await MemSidecarChatMessageHistory("nobody", client=async_client).aget_messages() == []
 
 
 # Windows
 
 
-async def test_window_returns_the_last_n_in_order(client: AsyncMemSidecar) -> None:
-    full = MemSidecarChatMessageHistory("long", client=client)
+async def test_window_returns_the_last_n_in_order(async_client: AsyncMemSidecar) -> None:
+    full = MemSidecarChatMessageHistory("long", client=async_client)
     # More than one Range page (100 by default), so the newest-first read pages.
     sent = [HumanMessage(f"m{i}") for i in range(250)]
     for start in range(0, 250, 50):
         await full.aadd_messages(sent[start : start + 50])
-    await MemSidecarChatMessageHistory("other", client=client).aadd_messages([HumanMessage("x")])
+    await MemSidecarChatMessageHistory("other", client=async_client).aadd_messages(
+        [HumanMessage("x")]
+    )
 
     for n in (1, 7, 100, 120, 250, 1000):
-        windowed = MemSidecarChatMessageHistory("long", client=client, window=n)
+        windowed = MemSidecarChatMessageHistory("long", client=async_client, window=n)
         assert [m.content for m in await windowed.aget_messages()] == [
             f"m{i}" for i in range(max(0, 250 - n), 250)
         ]
     assert len(await full.aget_messages()) == 250
-    small = MemSidecarChatMessageHistory("other", client=client, window=5)
+    small = MemSidecarChatMessageHistory("other", client=async_client, window=5)
     assert [m.content for m in await small.aget_messages()] == ["x"]
 
 
 def test_window_with_the_sync_client(sync_client: MemSidecar) -> None:
-    ns = fresh_namespace()
+    ns = fresh_namespace("lc")
     history = MemSidecarChatMessageHistory("s", client=sync_client, namespace=ns, window=3)
     for i in range(5):
         history.add_user_message(f"q{i}")
@@ -213,25 +192,25 @@ def test_window_with_the_sync_client(sync_client: MemSidecar) -> None:
 
 @pytest.mark.parametrize("session_id", ["", None, 7])
 async def test_session_id_must_be_a_non_empty_string(
-    client: AsyncMemSidecar, session_id: Any
+    async_client: AsyncMemSidecar, session_id: Any
 ) -> None:
     with pytest.raises(ValueError, match="session_id must be a non-empty string"):
-        MemSidecarChatMessageHistory(session_id, client=client)
+        MemSidecarChatMessageHistory(session_id, client=async_client)
 
 
 @pytest.mark.parametrize("window", [0, -3, True, 2.5, "5"])
-async def test_window_must_be_a_positive_int(client: AsyncMemSidecar, window: Any) -> None:
+async def test_window_must_be_a_positive_int(async_client: AsyncMemSidecar, window: Any) -> None:
     with pytest.raises(ValueError, match="window must be a positive int"):
-        MemSidecarChatMessageHistory("s", client=client, window=window)
+        MemSidecarChatMessageHistory("s", client=async_client, window=window)
 
 
-async def test_client_and_namespace_are_checked(client: AsyncMemSidecar) -> None:
-    with pytest.raises(TypeError, match="MemSidecar or AsyncMemSidecar"):
+async def test_client_and_namespace_are_checked(async_client: AsyncMemSidecar) -> None:
+    with pytest.raises(TypeError, match="MemSidecar or an AsyncMemSidecar"):
         MemSidecarChatMessageHistory("s", client="unix:/tmp/x.sock")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="namespace"):
-        MemSidecarChatMessageHistory("s", client=client, namespace="")
+        MemSidecarChatMessageHistory("s", client=async_client, namespace="")
     # The sidecar's own rules for names (docs/concepts.md) answer at the first call.
-    bad = MemSidecarChatMessageHistory("s", client=client, namespace="no/slashes")
+    bad = MemSidecarChatMessageHistory("s", client=async_client, namespace="no/slashes")
     with pytest.raises(InvalidArgumentError):
         await bad.aadd_messages([HumanMessage("hi")])
 
@@ -247,34 +226,34 @@ async def test_client_and_namespace_are_checked(client: AsyncMemSidecar) -> None
     ],
 )
 async def test_a_message_that_would_not_round_trip_writes_nothing(
-    client: AsyncMemSidecar, extra: dict[str, Any], complaint: str
+    async_client: AsyncMemSidecar, extra: dict[str, Any], complaint: str
 ) -> None:
-    history = MemSidecarChatMessageHistory("s", client=client)
+    history = MemSidecarChatMessageHistory("s", client=async_client)
     batch = [HumanMessage("fine"), AIMessage("bad", additional_kwargs=extra)]
     with pytest.raises(ValueError, match=complaint):
         await history.aadd_messages(batch)
     assert await history.aget_messages() == []
 
 
-async def test_only_messages_are_accepted(client: AsyncMemSidecar) -> None:
-    history = MemSidecarChatMessageHistory("s", client=client)
+async def test_only_messages_are_accepted(async_client: AsyncMemSidecar) -> None:
+    history = MemSidecarChatMessageHistory("s", client=async_client)
     with pytest.raises(TypeError, match="expected LangChain messages, got a str"):
         await history.aadd_messages([HumanMessage("ok"), "not a message"])  # type: ignore[list-item]
     assert await history.aget_messages() == []
 
 
-async def test_messages_written_by_another_codec_are_refused(client: AsyncMemSidecar) -> None:
-    await client.episodic.append(
+async def test_messages_written_by_another_codec_are_refused(async_client: AsyncMemSidecar) -> None:
+    await async_client.episodic.append(
         "chat", "message", {"role": "user"}, session_id="s", metadata={"format": "llamaindex"}
     )
     with pytest.raises(ValueError, match="written by 'llamaindex', not 'langchain'"):
-        await MemSidecarChatMessageHistory("s", client=client).aget_messages()
+        await MemSidecarChatMessageHistory("s", client=async_client).aget_messages()
 
 
 async def test_sync_methods_on_the_async_clients_own_loop_are_refused(
-    client: AsyncMemSidecar,
+    async_client: AsyncMemSidecar,
 ) -> None:
-    history = MemSidecarChatMessageHistory("s", client=client)
+    history = MemSidecarChatMessageHistory("s", client=async_client)
     with pytest.raises(RuntimeError, match="await the async variant"):
         history.add_messages([HumanMessage("hi")])
     with pytest.raises(RuntimeError, match="await the async variant"):
@@ -287,10 +266,10 @@ async def test_sync_methods_on_the_async_clients_own_loop_are_refused(
 
 
 async def test_made_off_the_loop_it_learns_the_loop_from_the_first_async_call(
-    client: AsyncMemSidecar,
+    async_client: AsyncMemSidecar,
 ) -> None:
-    history = await asyncio.to_thread(MemSidecarChatMessageHistory, "s", client=client)
-    with pytest.raises(RuntimeError, match="call its async methods, or pass a MemSidecar"):
+    history = await asyncio.to_thread(MemSidecarChatMessageHistory, "s", client=async_client)
+    with pytest.raises(RuntimeError, match="call its async methods first, or pass a MemSidecar"):
         await asyncio.to_thread(history.clear)
     await history.aadd_messages([HumanMessage("hi")])
     assert [m.content for m in await asyncio.to_thread(lambda: history.messages)] == ["hi"]
@@ -300,7 +279,7 @@ async def test_made_off_the_loop_it_learns_the_loop_from_the_first_async_call(
 
 
 def test_history_persists_across_two_client_objects(process: SidecarProcess) -> None:
-    ns = fresh_namespace()
+    ns = fresh_namespace("lc")
     sent = every_kind()
     with MemSidecar(socket=process.socket) as first:
         MemSidecarChatMessageHistory("kept", client=first, namespace=ns).add_messages(sent)
@@ -312,7 +291,7 @@ def test_history_persists_across_two_client_objects(process: SidecarProcess) -> 
 
 
 async def test_async_methods_work_with_the_sync_client(sync_client: MemSidecar) -> None:
-    ns = fresh_namespace()
+    ns = fresh_namespace("lc")
     history = MemSidecarChatMessageHistory("s", client=sync_client, namespace=ns)
     await history.aadd_messages([HumanMessage("one")])
     history.add_messages([AIMessage("two")])
@@ -323,7 +302,7 @@ async def test_async_methods_work_with_the_sync_client(sync_client: MemSidecar) 
 
 def test_from_env_owns_its_client(process: SidecarProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMSIDECAR_SOCKET", str(process.socket))
-    ns = fresh_namespace()
+    ns = fresh_namespace("lc")
     with MemSidecarChatMessageHistory.from_env("s", namespace=ns, window=1) as history:
         history.add_messages([HumanMessage("a"), AIMessage("b")])
         assert [m.content for m in history.messages] == ["b"]
@@ -334,7 +313,7 @@ def test_from_env_owns_its_client(process: SidecarProcess, monkeypatch: pytest.M
 
 
 def test_a_passed_in_client_stays_open(sync_client: MemSidecar) -> None:
-    ns = fresh_namespace()
+    ns = fresh_namespace("lc")
     with MemSidecarChatMessageHistory("s", client=sync_client, namespace=ns) as history:
         history.add_messages([HumanMessage("a")])
     assert [m.content for m in history.messages] == ["a"]
@@ -354,27 +333,32 @@ class PromptRecorder:
         return prompt
 
 
-def chatbot(replies: list[str], recorder: PromptRecorder) -> Runnable[Any, Any]:
+def chatbot(
+    replies: list[str],
+    recorder: PromptRecorder,
+    get_history: Callable[[str], BaseChatMessageHistory],
+) -> RunnableWithMessageHistory:
+    """A fake model that answers `replies` in turn, with the history of each session."""
     prompt = ChatPromptTemplate.from_messages(
         [("system", "You are terse."), MessagesPlaceholder("history"), ("human", "{input}")]
     )
     model = GenericFakeChatModel(messages=iter(AIMessage(r) for r in replies))
-    return prompt | RunnableLambda(recorder) | model
+    return RunnableWithMessageHistory(
+        prompt | RunnableLambda(recorder) | model,
+        get_history,
+        input_messages_key="input",
+        history_messages_key="history",
+    )
 
 
 def test_runnable_with_message_history_sync(sync_client: MemSidecar) -> None:
-    ns = fresh_namespace()
+    ns = fresh_namespace("lc")
     recorder = PromptRecorder()
 
     def get_history(session_id: str) -> BaseChatMessageHistory:
         return MemSidecarChatMessageHistory(session_id, client=sync_client, namespace=ns)
 
-    chain = RunnableWithMessageHistory(
-        chatbot(["Hi Ana.", "Hi Bo.", "Your name is Ana."], recorder),
-        get_history,
-        input_messages_key="input",
-        history_messages_key="history",
-    )
+    chain = chatbot(["Hi Ana.", "Hi Bo.", "Your name is Ana."], recorder, get_history)
     ana: RunnableConfig = {"configurable": {"session_id": "ana"}}
     bo: RunnableConfig = {"configurable": {"session_id": "bo"}}
     assert chain.invoke({"input": "I am Ana."}, config=ana).content == "Hi Ana."
@@ -399,23 +383,18 @@ def test_runnable_with_message_history_sync(sync_client: MemSidecar) -> None:
 
 
 async def test_runnable_with_message_history_async_and_windowed(
-    client: AsyncMemSidecar,
+    async_client: AsyncMemSidecar,
 ) -> None:
     recorder = PromptRecorder()
 
     def get_history(session_id: str) -> BaseChatMessageHistory:
         # The model is shown the last two messages; all of them are kept.
-        return MemSidecarChatMessageHistory(session_id, client=client, window=2)
+        return MemSidecarChatMessageHistory(session_id, client=async_client, window=2)
 
-    chain = RunnableWithMessageHistory(
-        chatbot(["r1", "r2", "r3"], recorder),
-        get_history,
-        input_messages_key="input",
-        history_messages_key="history",
-    )
+    chain = chatbot(["r1", "r2", "r3"], recorder, get_history)
     config: RunnableConfig = {"configurable": {"session_id": "w"}}
     for i in range(3):
         assert (await chain.ainvoke({"input": f"q{i + 1}"}, config=config)).content == f"r{i + 1}"
     assert recorder.seen[2] == ["system:You are terse.", "human:q2", "ai:r2", "human:q3"]
-    everything = await MemSidecarChatMessageHistory("w", client=client).aget_messages()
+    everything = await MemSidecarChatMessageHistory("w", client=async_client).aget_messages()
     assert [m.content for m in everything] == ["q1", "r1", "q2", "r2", "q3", "r3"]

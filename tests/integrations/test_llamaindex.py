@@ -4,8 +4,7 @@ async client, a `memsidecar serve` process for the sync one)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,30 +16,8 @@ from llama_index.core.storage.chat_store.base import BaseChatStore
 
 from memsidecar.client import AsyncMemSidecar, InvalidArgumentError, MemSidecar
 from memsidecar.integrations.llamaindex import MemSidecarChatStore
-from tests.support import SidecarProcess, running_sidecar, sidecar_process
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[AsyncMemSidecar]:
-    async with running_sidecar() as (_, c):
-        yield c
-
-
-@pytest.fixture(scope="module")
-def process() -> Iterator[SidecarProcess]:
-    with sidecar_process() as proc:
-        yield proc
-
-
-@pytest.fixture
-def sync_client(process: SidecarProcess) -> Iterator[MemSidecar]:
-    with MemSidecar(socket=process.socket) as m:
-        yield m
-
-
-def fresh_namespace() -> str:
-    # One sidecar process serves the whole module: each test gets its own namespace.
-    return f"li-{uuid.uuid4().hex[:10]}"
+from tests.integrations import fresh_namespace
+from tests.support import SidecarProcess
 
 
 def msg(text: str, role: MessageRole = MessageRole.USER) -> ChatMessage:
@@ -96,8 +73,8 @@ def every_kind() -> list[ChatMessage]:
 # Round trip and the stored form
 
 
-async def test_every_message_kind_round_trips(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_every_message_kind_round_trips(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     sent = every_kind()
     for message in sent:
         await store.async_add_message("k", message)
@@ -106,11 +83,11 @@ async def test_every_message_kind_round_trips(client: AsyncMemSidecar) -> None:
     assert await store.aget_messages("k2") == sent
 
 
-async def test_messages_are_readable_episodic_events(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client, namespace="li-log")
+async def test_messages_are_readable_episodic_events(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client, namespace="li-log")
     await store.async_add_message("k", msg("hi"))
     await store.async_add_message("k", msg("hello", MessageRole.ASSISTANT))
-    events = [e async for e in client.episodic.range("li-log", session_id="k")]
+    events = [e async for e in async_client.episodic.range("li-log", session_id="k")]
     assert [(e.type, e.role) for e in events] == [("message", "user"), ("message", "assistant")]
     assert events[0].payload == msg("hi").model_dump(mode="json")
     assert all(e.metadata == {"format": "llamaindex"} for e in events)
@@ -160,7 +137,7 @@ def script() -> list[tuple[str, Callable[[BaseChatStore], Any]]]:
 
 
 def test_behaves_like_simple_chat_store(sync_client: MemSidecar) -> None:
-    ours = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace())
+    ours = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace("li"))
     reference = SimpleChatStore()
     for step, operation in script():
         assert operation(ours) == operation(reference), step
@@ -169,8 +146,8 @@ def test_behaves_like_simple_chat_store(sync_client: MemSidecar) -> None:
 # Replacing and deleting on the append-only log
 
 
-async def test_set_replaces_and_later_adds_follow(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_set_replaces_and_later_adds_follow(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     await store.async_add_message("k", msg("old"))
     # Longer than a Range page (100), so the newest-first read pages back to the marker.
     long = [msg(f"s{i}") for i in range(130)]
@@ -185,12 +162,12 @@ async def test_set_replaces_and_later_adds_follow(client: AsyncMemSidecar) -> No
     assert texts(await store.aget_messages("k")) == ["s0", "s1"]
 
 
-async def test_an_uncommitted_set_is_invisible(client: AsyncMemSidecar) -> None:
+async def test_an_uncommitted_set_is_invisible(async_client: AsyncMemSidecar) -> None:
     """A set interrupted before its marker (crash, lost connection) changes nothing."""
-    store = MemSidecarChatStore(client=client)
+    store = MemSidecarChatStore(client=async_client)
     await store.aset_messages("k", [msg("kept0"), msg("kept1")])
     for text in ("half", "written"):
-        await client.episodic.append(
+        await async_client.episodic.append(
             "chat",
             "message",
             msg(text).model_dump(mode="json"),
@@ -203,12 +180,12 @@ async def test_an_uncommitted_set_is_invisible(client: AsyncMemSidecar) -> None:
     assert texts(await store.aget_messages("k")) == ["kept0", "kept1", "next"]
 
 
-async def test_delete_targets_the_message_not_the_position(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_delete_targets_the_message_not_the_position(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     await store.aset_messages("k", [msg("a"), msg("b"), msg("c")])
     assert await store.adelete_last_message("k") == msg("c")
     assert await store.adelete_message("k", 0) == msg("a")
-    events = [e async for e in client.episodic.range("chat", session_id="k")]
+    events = [e async for e in async_client.episodic.range("chat", session_id="k")]
     markers = [e.payload for e in events if e.type == "chat.delete"]
     stored = {e.payload["blocks"][0]["text"]: e.cursor for e in events if e.type == "message"}
     assert markers == [{"cursor": stored["c"]}, {"cursor": stored["a"]}]
@@ -219,21 +196,23 @@ async def test_delete_targets_the_message_not_the_position(client: AsyncMemSidec
 
 
 @pytest.mark.parametrize("idx", [3, 100, -4, -100])
-async def test_an_index_out_of_range_deletes_nothing(client: AsyncMemSidecar, idx: int) -> None:
+async def test_an_index_out_of_range_deletes_nothing(
+    async_client: AsyncMemSidecar, idx: int
+) -> None:
     # SimpleChatStore raises IndexError for a negative index past the start; None here too.
-    store = MemSidecarChatStore(client=client)
+    store = MemSidecarChatStore(client=async_client)
     await store.aset_messages("k", [msg("a"), msg("b"), msg("c")])
     assert await store.adelete_message("k", idx) is None
     assert texts(await store.aget_messages("k")) == ["a", "b", "c"]
 
 
-async def test_delete_messages_removes_the_session(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_delete_messages_removes_the_session(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     await store.aset_messages("k", [msg("a")])
     await store.async_add_message("k", msg("b"))
     await store.adelete_message("k", 0)
     assert texts(await store.adelete_messages("k")) == ["b"]
-    assert [e async for e in client.episodic.range("chat", session_id="k")] == []
+    assert [e async for e in async_client.episodic.range("chat", session_id="k")] == []
     assert await store.aget_keys() == []
     assert await store.adelete_messages("k") is None
 
@@ -241,8 +220,8 @@ async def test_delete_messages_removes_the_session(client: AsyncMemSidecar) -> N
 # Many keys, order
 
 
-async def test_many_keys_keep_their_own_order(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_many_keys_keep_their_own_order(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     keys = [f"user-{i:02d}" for i in range(15)]
 
     async def chat(key: str) -> None:
@@ -261,8 +240,8 @@ async def test_many_keys_keep_their_own_order(client: AsyncMemSidecar) -> None:
 
 
 @pytest.mark.parametrize("key", ["", None, 3])
-async def test_key_must_be_a_non_empty_string(client: AsyncMemSidecar, key: Any) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_key_must_be_a_non_empty_string(async_client: AsyncMemSidecar, key: Any) -> None:
+    store = MemSidecarChatStore(client=async_client)
     with pytest.raises(ValueError, match="key must be a non-empty string"):
         await store.async_add_message(key, msg("hi"))
     with pytest.raises(ValueError, match="key must be a non-empty string"):
@@ -271,8 +250,8 @@ async def test_key_must_be_a_non_empty_string(client: AsyncMemSidecar, key: Any)
         await store.aset_messages(key, [])
 
 
-async def test_bad_messages_and_indexes_are_refused(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_bad_messages_and_indexes_are_refused(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     with pytest.raises(TypeError, match="expected a LlamaIndex ChatMessage, got a str"):
         await store.aset_messages("k", [msg("ok"), "nope"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="beyond 2"):
@@ -285,28 +264,28 @@ async def test_bad_messages_and_indexes_are_refused(client: AsyncMemSidecar) -> 
     assert texts(await store.aget_messages("k")) == ["a"]
 
 
-async def test_client_and_namespace_are_checked(client: AsyncMemSidecar) -> None:
-    with pytest.raises(TypeError, match="MemSidecar or AsyncMemSidecar"):
+async def test_client_and_namespace_are_checked(async_client: AsyncMemSidecar) -> None:
+    with pytest.raises(TypeError, match="MemSidecar or an AsyncMemSidecar"):
         MemSidecarChatStore(client=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="namespace"):
-        MemSidecarChatStore(client=client, namespace="")
-    bad = MemSidecarChatStore(client=client, namespace="no/slashes")
+        MemSidecarChatStore(client=async_client, namespace="")
+    bad = MemSidecarChatStore(client=async_client, namespace="no/slashes")
     with pytest.raises(InvalidArgumentError):
         await bad.async_add_message("k", msg("hi"))
 
 
-async def test_events_written_by_another_codec_are_refused(client: AsyncMemSidecar) -> None:
-    await client.episodic.append(
+async def test_events_written_by_another_codec_are_refused(async_client: AsyncMemSidecar) -> None:
+    await async_client.episodic.append(
         "chat", "message", {"type": "human"}, session_id="k", metadata={"format": "langchain"}
     )
     with pytest.raises(ValueError, match="written by 'langchain', not 'llamaindex'"):
-        await MemSidecarChatStore(client=client).aget_messages("k")
+        await MemSidecarChatStore(client=async_client).aget_messages("k")
 
 
 async def test_sync_methods_on_the_async_clients_own_loop_are_refused(
-    client: AsyncMemSidecar,
+    async_client: AsyncMemSidecar,
 ) -> None:
-    store = MemSidecarChatStore(client=client)
+    store = MemSidecarChatStore(client=async_client)
     with pytest.raises(RuntimeError, match="await the async variant"):
         store.get_messages("k")
 
@@ -315,7 +294,7 @@ async def test_sync_methods_on_the_async_clients_own_loop_are_refused(
 
 
 def test_chat_memory_buffer_with_the_sync_client(sync_client: MemSidecar) -> None:
-    store = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace())
+    store = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace("li"))
     memory = ChatMemoryBuffer.from_defaults(
         chat_history=[msg("You are terse.", MessageRole.SYSTEM)],
         chat_store=store,
@@ -337,8 +316,8 @@ def test_chat_memory_buffer_with_the_sync_client(sync_client: MemSidecar) -> Non
     assert memory.get_all() == [] and store.get_keys() == []
 
 
-async def test_chat_memory_buffer_with_the_async_client(client: AsyncMemSidecar) -> None:
-    store = MemSidecarChatStore(client=client)
+async def test_chat_memory_buffer_with_the_async_client(async_client: AsyncMemSidecar) -> None:
+    store = MemSidecarChatStore(client=async_client)
     memory = ChatMemoryBuffer.from_defaults(
         chat_store=store, chat_store_key="user-2", token_limit=1000, tokenizer_fn=words
     )
@@ -355,7 +334,7 @@ async def test_chat_memory_buffer_with_the_async_client(client: AsyncMemSidecar)
 
 def test_chat_memory_buffer_default_tokenizer_works_offline(sync_client: MemSidecar) -> None:
     # llama-index-core ships the tiktoken data it uses by default: nothing is downloaded.
-    store = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace())
+    store = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace("li"))
     memory = ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key="k")
     memory.put(msg("hello there"))
     assert texts(memory.get()) == ["hello there"]
@@ -365,7 +344,7 @@ def test_chat_memory_buffer_default_tokenizer_works_offline(sync_client: MemSide
 
 
 def test_store_persists_across_two_client_objects(process: SidecarProcess) -> None:
-    ns = fresh_namespace()
+    ns = fresh_namespace("li")
     sent = every_kind()
     with MemSidecar(socket=process.socket) as first:
         store = MemSidecarChatStore(client=first, namespace=ns)
@@ -380,7 +359,7 @@ def test_store_persists_across_two_client_objects(process: SidecarProcess) -> No
 
 
 async def test_async_methods_work_with_the_sync_client(sync_client: MemSidecar) -> None:
-    store = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace())
+    store = MemSidecarChatStore(client=sync_client, namespace=fresh_namespace("li"))
     await store.aset_messages("k", [msg("a"), msg("b")])
     store.add_message("k", msg("c"))
     assert await store.adelete_last_message("k") == msg("c")
@@ -391,7 +370,7 @@ async def test_async_methods_work_with_the_sync_client(sync_client: MemSidecar) 
 
 def test_from_env_owns_its_client(process: SidecarProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMSIDECAR_SOCKET", str(process.socket))
-    store = MemSidecarChatStore.from_env(namespace=fresh_namespace())
+    store = MemSidecarChatStore.from_env(namespace=fresh_namespace("li"))
     store.add_message("k", msg("hi"))
     assert texts(store.get_messages("k")) == ["hi"]
     store.close()

@@ -27,10 +27,9 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, unquote
 
 from langchain_core.runnables import RunnableConfig
@@ -50,8 +49,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from memsidecar.client import AsyncMemSidecar, ConflictError, InvalidArgumentError, MemSidecar
 from memsidecar.client.blocks.kv import AsyncKV, Entry
-
-T = TypeVar("T")
+from memsidecar.integrations.bridge import Adapter, ClientBridge, on_own_client
 
 DEFAULT_NAMESPACE = "langgraph"
 PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -271,7 +269,7 @@ class _Store:
         filter: dict[str, Any] | None,
         before: RunnableConfig | None,
         limit: int | None,
-    ) -> AsyncIterator[CheckpointTuple]:
+    ) -> AsyncGenerator[CheckpointTuple, None]:
         if limit is not None and limit <= 0:
             return
         target = _Target.of(config) if config is not None else None
@@ -494,90 +492,10 @@ class _Store:
             )
 
 
-# --- running the async logic for sync and async callers --------------------------------
-
-
-class _Link:
-    """Runs the store's coroutines where the client's channel lives.
-
-    A MemSidecar drives its async client on a private loop thread: sync calls block on
-    it and async calls await it from any loop. An AsyncMemSidecar belongs to the loop it
-    was used on: async calls run there directly, and sync calls are only possible from
-    another thread (like langgraph-checkpoint-postgres' AsyncPostgresSaver)."""
-
-    def __init__(self, client: MemSidecar | AsyncMemSidecar) -> None:
-        if isinstance(client, MemSidecar):
-            self.kv = client._async.kv
-            self.loop: asyncio.AbstractEventLoop | None = client._runner.loop
-            self.threaded = True
-        elif isinstance(client, AsyncMemSidecar):
-            self.kv = client.kv
-            self.loop = _running_loop()
-            self.threaded = False
-        else:
-            raise TypeError(
-                f"client must be a MemSidecar or an AsyncMemSidecar, not {type(client).__name__}"
-            )
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self.loop
-        if loop is None or (not self.threaded and _running_loop() is loop):
-            coro.close()
-            raise RuntimeError(
-                "this saver uses an AsyncMemSidecar: call the async methods (aget_tuple, "
-                "aput, alist, ... / graph.ainvoke), or call sync methods from another "
-                "thread than its event loop, or build the saver on a MemSidecar"
-            )
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-    async def acall(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.threaded:
-            assert self.loop is not None
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-            return await asyncio.wrap_future(future)
-        self.loop = asyncio.get_running_loop()
-        return await coro
-
-    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
-        try:
-            while True:
-                try:
-                    yield self.call(_anext(agen))
-                except StopAsyncIteration:
-                    return
-        finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                self.call(aclose())
-
-    async def aiterate(self, agen: AsyncIterator[T]) -> AsyncIterator[T]:
-        try:
-            while True:
-                try:
-                    yield await self.acall(_anext(agen))
-                except StopAsyncIteration:
-                    return
-        finally:
-            aclose = getattr(agen, "aclose", None)
-            if aclose is not None:
-                await self.acall(aclose())
-
-
-async def _anext(agen: AsyncIterator[T]) -> T:
-    return await agen.__anext__()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 # --- the saver ---------------------------------------------------------------------------
 
 
-class MemSidecarSaver(BaseCheckpointSaver[str]):
+class MemSidecarSaver(Adapter, BaseCheckpointSaver[str]):
     """A LangGraph checkpointer on the sidecar's kv block.
 
     `client` is a `MemSidecar` (sync and async graph calls both work) or an
@@ -595,10 +513,8 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
     ) -> None:
         super().__init__(serde=serde)
-        self._link = _Link(client)
+        self._bridge = ClientBridge(client)
         self.namespace = namespace
-        # The client from_env() made, which close() closes.
-        self._owned: MemSidecar | None = None
 
     @classmethod
     def from_env(
@@ -610,20 +526,19 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
     ) -> MemSidecarSaver:
         """A saver on a new MemSidecar connected where the environment says
         (MEMSIDECAR_SOCKET or MEMSIDECAR_TARGET); `close()` closes that client."""
-        client = MemSidecar.from_env(**client_options)
-        saver = cls(client, namespace=namespace, serde=serde)
-        saver._owned = client
-        return saver
+        return on_own_client(
+            lambda client: cls(client, namespace=namespace, serde=serde), **client_options
+        )
 
     @property
     def _store(self) -> _Store:
         # Built per call: `with_allowlist` clones the saver with another serde.
-        return _Store(self._link.kv, self.namespace, self.serde)
+        return _Store(self._bridge.aio.kv, self.namespace, self.serde)
 
     # sync API
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self._link.call(self._store.get_tuple(config))
+        return self._bridge.call(self._store.get_tuple(config))
 
     def list(
         self,
@@ -633,7 +548,7 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        yield from self._link.iterate(self._store.list_checkpoints(config, filter, before, limit))
+        yield from self._bridge.iterate(self._store.list_checkpoints(config, filter, before, limit))
 
     def put(
         self,
@@ -642,7 +557,7 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self._link.call(self._store.put(config, checkpoint, metadata, new_versions))
+        return self._bridge.call(self._store.put(config, checkpoint, metadata, new_versions))
 
     def put_writes(
         self,
@@ -651,21 +566,21 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self._link.call(self._store.put_writes(config, writes, task_id, task_path))
+        self._bridge.call(self._store.put_writes(config, writes, task_id, task_path))
 
     def delete_thread(self, thread_id: str) -> None:
-        self._link.call(self._store.delete_thread(thread_id))
+        self._bridge.call(self._store.delete_thread(thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """`keep_latest` keeps the newest checkpoint of each checkpoint namespace (with
         its pending writes, and the ancestors a DeltaChannel needs); `delete` removes
         the threads. Run it on threads that are not running."""
-        self._link.call(self._store.prune(thread_ids, strategy))
+        self._bridge.call(self._store.prune(thread_ids, strategy))
 
     # async API
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self._link.acall(self._store.get_tuple(config))
+        return await self._bridge.acall(self._store.get_tuple(config))
 
     async def alist(
         self,
@@ -675,7 +590,7 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        async for found in self._link.aiterate(
+        async for found in self._bridge.aiterate(
             self._store.list_checkpoints(config, filter, before, limit)
         ):
             yield found
@@ -687,7 +602,7 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await self._link.acall(self._store.put(config, checkpoint, metadata, new_versions))
+        return await self._bridge.acall(self._store.put(config, checkpoint, metadata, new_versions))
 
     async def aput_writes(
         self,
@@ -696,14 +611,14 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self._link.acall(self._store.put_writes(config, writes, task_id, task_path))
+        await self._bridge.acall(self._store.put_writes(config, writes, task_id, task_path))
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self._link.acall(self._store.delete_thread(thread_id))
+        await self._bridge.acall(self._store.delete_thread(thread_id))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """The async form of `prune`."""
-        await self._link.acall(self._store.prune(thread_ids, strategy))
+        await self._bridge.acall(self._store.prune(thread_ids, strategy))
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Like InMemorySaver's and PostgresSaver's: a zero-padded counter (so versions
@@ -716,37 +631,6 @@ class MemSidecarSaver(BaseCheckpointSaver[str]):
         else:
             current_v = int(current.split(".")[0])
         return f"{current_v + 1:032}.{random.random():016}"
-
-    # lifecycle
-
-    def close(self) -> None:
-        """Close the client if `from_env()` made it."""
-        owned, self._owned = self._owned, None
-        if owned is not None:
-            owned.close()
-
-    def __enter__(self) -> MemSidecarSaver:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> MemSidecarSaver:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # MemSidecar.close joins its loop thread; keep that off the caller's loop.
-        await asyncio.to_thread(self.close)
 
 
 __all__ = ["DEFAULT_NAMESPACE", "MemSidecarSaver"]

@@ -30,7 +30,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -60,6 +59,7 @@ from memsidecar.client import (
     MemSidecar,
 )
 from memsidecar.client.blocks.kv import Entry
+from memsidecar.integrations.bridge import Adapter, ClientBridge, on_own_client
 
 __all__ = ["FILTER_OPERATORS", "MemSidecarStore", "decode_key", "encode_key"]
 
@@ -297,7 +297,7 @@ def _check_count(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an int >= 0, not {value!r}")
 
 
-class MemSidecarStore(BaseStore):
+class MemSidecarStore(Adapter, BaseStore):
     """A LangGraph store whose items live in a memsidecar sidecar.
 
     `client` is a `MemSidecar` (sync; `batch` and `abatch` both work) or an
@@ -320,21 +320,8 @@ class MemSidecarStore(BaseStore):
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
     ) -> None:
-        if isinstance(client, MemSidecar):
-            # The sync client is the async one driven by its own loop thread: run the same
-            # coroutines there (SDK internals, so there is one implementation of each call).
-            self._client = client._async
-            self._loop: asyncio.AbstractEventLoop | None = client._runner.loop
-        elif isinstance(client, AsyncMemSidecar):
-            self._client = client
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                # The client belongs to the loop it is used in: learnt at the first abatch().
-                self._loop = None
-        else:
-            raise TypeError(f"client must be a MemSidecar or AsyncMemSidecar, not {client!r}")
-        self._owned: MemSidecar | None = None
+        self._bridge = ClientBridge(client)
+        self._client = self._bridge.aio
         self.namespace = namespace
         self.ttl_config = ttl
         self.max_key_bytes = max_key_bytes
@@ -362,67 +349,15 @@ class MemSidecarStore(BaseStore):
     def from_env(cls, **kwargs: Any) -> MemSidecarStore:
         """A store on a new sync client connected where MEMSIDECAR_SOCKET (or _TARGET) says;
         close() (or `with`) closes the client."""
-        client = MemSidecar.from_env()
-        try:
-            store = cls(client, **kwargs)
-        except BaseException:
-            client.close()
-            raise
-        store._owned = client
-        return store
-
-    def close(self) -> None:
-        if self._owned is not None:
-            self._owned.close()
-            self._owned = None
-
-    def __enter__(self) -> MemSidecarStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return on_own_client(lambda client: cls(client, **kwargs))
 
     # -- running on the client's event loop
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        coro = self._run(self._validate(ops))
-        loop = self._loop
-        try:
-            if loop is None or not loop.is_running():
-                raise RuntimeError(
-                    "this store's AsyncMemSidecar has no known running event loop: create the "
-                    "store inside the loop that runs the client (or call an async method "
-                    "first), use the async methods there, or give the store a sync MemSidecar"
-                )
-            if _running_loop() is loop:
-                raise RuntimeError(
-                    "synchronous store calls would block the event loop the AsyncMemSidecar "
-                    "runs on: use the async methods (aget, aput, asearch, ...) here"
-                )
-        except BaseException:
-            coro.close()
-            raise
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        return self._bridge.call(self._run(self._validate(ops)))
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        coro = self._run(self._validate(ops))
-        running = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = running
-        if self._loop is running:
-            return await coro
-        if not self._loop.is_running():
-            coro.close()
-            raise RuntimeError(
-                "this store's AsyncMemSidecar belongs to an event loop that is no longer "
-                "running; create the client (and store) in the loop that uses it"
-            )
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        return await self._bridge.acall(self._run(self._validate(ops)))
 
     # -- validation (before anything is sent, so a bad op changes nothing)
 
@@ -782,10 +717,3 @@ def _check_ttl(ttl: Any) -> None:
 
 def _seconds(ttl_minutes: float | None) -> float | None:
     return None if ttl_minutes is None else ttl_minutes * 60
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, Self, TypeVar
 
 import anyio
 import click
@@ -32,20 +32,18 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from memsidecar.client import AsyncMemSidecar, MemSidecarError
-from memsidecar.client.blocks.artifact import ArtifactInfo, AsyncArtifact
+from memsidecar.client.blocks.artifact import AsyncArtifact
 from memsidecar.client.blocks.episodic import AsyncEpisodic
-from memsidecar.client.blocks.episodic import Event as SdkEvent
 from memsidecar.client.blocks.kv import AsyncKV
 from memsidecar.client.blocks.kv import Entry as SdkEntry
-from memsidecar.client.blocks.lease import AsyncLease, LeaseInfo
+from memsidecar.client.blocks.lease import AsyncLease
 from memsidecar.client.blocks.semantic import AsyncSemantic
-from memsidecar.client.blocks.semantic import Record as SdkRecord
 from memsidecar.client.transport import Transport
 
 log = logging.getLogger("memsidecar.mcp")
@@ -103,7 +101,17 @@ def _sidecar_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 # ---- results -----------------------------------------------------------------------------
 
 
-class Memory(BaseModel):
+class FromSdk(BaseModel):
+    """A tool result whose fields are the same-named attributes of an SDK object."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def of(cls, obj: object) -> Self:
+        return cls.model_validate(obj)
+
+
+class Memory(FromSdk):
     id: str = Field(description="Pass to remember as id to replace this memory")
     content: str
     tags: list[str]
@@ -113,20 +121,6 @@ class Memory(BaseModel):
     version: int = Field(description="Increases with every replacement")
     updated_at: datetime | None
     expires_at: datetime | None
-
-    @classmethod
-    def of(cls, r: SdkRecord) -> Memory:
-        return cls(
-            id=r.id,
-            content=r.content,
-            tags=list(r.tags),
-            metadata=r.metadata,
-            category=r.category,
-            importance=r.importance,
-            version=r.version,
-            updated_at=r.updated_at,
-            expires_at=r.expires_at,
-        )
 
 
 class Recalled(BaseModel):
@@ -139,7 +133,7 @@ class RecallResult(BaseModel):
     hits: list[Recalled] = Field(description="Closest first")
 
 
-class Event(BaseModel):
+class Event(FromSdk):
     cursor: int = Field(description="Strictly increasing position in the namespace's log")
     id: str
     time: datetime
@@ -151,20 +145,6 @@ class Event(BaseModel):
     duplicate: bool = Field(
         description="True when the idempotency key was already used: nothing new was logged"
     )
-
-    @classmethod
-    def of(cls, e: SdkEvent) -> Event:
-        return cls(
-            cursor=e.cursor,
-            id=e.id,
-            time=e.time,
-            type=e.type,
-            role=e.role,
-            session_id=e.session_id,
-            payload=e.payload,
-            metadata=e.metadata,
-            duplicate=e.duplicate,
-        )
 
 
 class Events(BaseModel):
@@ -204,7 +184,7 @@ class Scratch(BaseModel):
         )
 
 
-class StoredArtifact(BaseModel):
+class StoredArtifact(FromSdk):
     namespace: str
     id: str
     size: int = Field(description="Bytes")
@@ -212,18 +192,6 @@ class StoredArtifact(BaseModel):
     content_type: str
     metadata: dict[str, Any]
     created_at: datetime | None
-
-    @classmethod
-    def of(cls, i: ArtifactInfo) -> StoredArtifact:
-        return cls(
-            namespace=i.namespace,
-            id=i.id,
-            size=i.size,
-            sha256=i.sha256,
-            content_type=i.content_type,
-            metadata=i.metadata,
-            created_at=i.created_at,
-        )
 
 
 class FetchedArtifact(StoredArtifact):
@@ -233,7 +201,7 @@ class FetchedArtifact(StoredArtifact):
     content: str
 
 
-class Lock(BaseModel):
+class Lock(FromSdk):
     namespace: str
     key: str
     holder_id: str = Field(description="Pass to release_lock (and to acquire_lock to extend)")
@@ -243,17 +211,6 @@ class Lock(BaseModel):
     )
     acquired_at: datetime | None
     expires_at: datetime | None
-
-    @classmethod
-    def of(cls, lease: LeaseInfo) -> Lock:
-        return cls(
-            namespace=lease.namespace,
-            key=lease.key,
-            holder_id=lease.holder_id,
-            fencing_token=lease.fencing_token,
-            acquired_at=lease.acquired_at,
-            expires_at=lease.expires_at,
-        )
 
 
 class Released(BaseModel):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,32 +33,11 @@ from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.client import InvalidArgumentError
 from memsidecar.integrations.langgraph import checkpoint as module
 from memsidecar.integrations.langgraph.checkpoint import MemSidecarSaver
-from tests.support import SidecarProcess, running_sidecar, sidecar_process
+from tests.integrations import fresh_namespace
+from tests.support import SidecarProcess
 
 # What the saver implements; the suite skips the optional copy_thread/delete_for_runs.
 IMPLEMENTED = {c.value for c in BASE_CAPABILITIES} | {Capability.PRUNE.value}
-
-
-def fresh_namespace() -> str:
-    return f"lg-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def sidecar() -> Iterator[SidecarProcess]:
-    with sidecar_process() as proc:
-        yield proc
-
-
-@pytest.fixture
-def sync_client(sidecar: SidecarProcess) -> Iterator[MemSidecar]:
-    with MemSidecar(socket=sidecar.socket) as client:
-        yield client
-
-
-@pytest.fixture
-async def async_client() -> AsyncIterator[AsyncMemSidecar]:
-    async with running_sidecar() as (_, client):
-        yield client
 
 
 class SyncDriven(BaseCheckpointSaver[str]):
@@ -134,7 +113,7 @@ def assert_conformant(report: CapabilityReport) -> None:
 async def test_conformance_with_async_client(async_client: AsyncMemSidecar) -> None:
     report = await run_conformance(
         "MemSidecarSaver(AsyncMemSidecar)",
-        lambda: MemSidecarSaver(async_client, namespace=fresh_namespace()),
+        lambda: MemSidecarSaver(async_client, namespace=fresh_namespace("lg")),
     )
     assert_conformant(report)
     # 17 put, 10 put_writes, 10 get_tuple, 16 list, 5 delete_thread, 8 prune.
@@ -144,7 +123,7 @@ async def test_conformance_with_async_client(async_client: AsyncMemSidecar) -> N
 async def test_conformance_with_sync_client(sync_client: MemSidecar) -> None:
     report = await run_conformance(
         "MemSidecarSaver(MemSidecar)",
-        lambda: MemSidecarSaver(sync_client, namespace=fresh_namespace()),
+        lambda: MemSidecarSaver(sync_client, namespace=fresh_namespace("lg")),
     )
     assert_conformant(report)
 
@@ -152,7 +131,7 @@ async def test_conformance_with_sync_client(sync_client: MemSidecar) -> None:
 async def test_conformance_through_the_sync_methods(sync_client: MemSidecar) -> None:
     report = await run_conformance(
         "MemSidecarSaver sync API",
-        lambda: SyncDriven(MemSidecarSaver(sync_client, namespace=fresh_namespace())),
+        lambda: SyncDriven(MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))),
     )
     assert_conformant(report)
 
@@ -188,7 +167,7 @@ def checkpoint_id(config: RunnableConfig) -> str:
 
 
 def test_thread_ids_that_look_like_paths_never_collide(sync_client: MemSidecar) -> None:
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     threads = ["a", "a/b", "a%2Fb", "ä/ü", "a/", "/"]
     for thread in threads:
         put_chain(saver, thread, 2, ns="child:1|x/y")
@@ -208,7 +187,7 @@ def test_list_pages_through_many_checkpoints_newest_first(
     sync_client: MemSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(module, "_PAGE", 3)  # page boundaries without 1000 checkpoints
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     stored = [checkpoint_id(c) for c in put_chain(saver, "t", 10)]
     newest_first = list(reversed(stored))
     config = generate_config("t")
@@ -229,7 +208,7 @@ def test_list_pages_through_many_checkpoints_newest_first(
 
 
 def test_pending_writes_come_back_in_task_order(sync_client: MemSidecar) -> None:
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     [config] = put_chain(saver, "t", 1)
     saver.put_writes(config, [("b", 2), ("a", 1)], "task-z", task_path="~1")
     saver.put_writes(config, [("c", 3)], "task-a", task_path="~0")
@@ -248,7 +227,7 @@ def test_pending_writes_come_back_in_task_order(sync_client: MemSidecar) -> None
 
 
 def test_values_of_every_serializable_type_round_trip(sync_client: MemSidecar) -> None:
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     values: dict[str, Any] = {
         "bytes": b"\x00\xff\n",
         "text": "line\nbreak",
@@ -274,14 +253,15 @@ def test_next_version_sorts_and_never_repeats() -> None:
 
 
 def test_from_env_owns_and_closes_its_client(
-    sidecar: SidecarProcess, monkeypatch: pytest.MonkeyPatch
+    process: SidecarProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEMSIDECAR_SOCKET", str(sidecar.socket))
-    namespace = fresh_namespace()
+    monkeypatch.setenv("MEMSIDECAR_SOCKET", str(process.socket))
+    namespace = fresh_namespace("lg")
     with MemSidecarSaver.from_env(namespace=namespace) as saver:
         put_chain(saver, "t", 1)
-        client = saver._owned
-    assert client is not None and saver._owned is None
+    with pytest.raises(RuntimeError, match="closed"):
+        saver.get_tuple(generate_config("t"))
+    saver.close()  # closing again is a no-op
     with MemSidecarSaver.from_env(namespace=namespace) as again:
         assert again.get_tuple(generate_config("t")) is not None
 
@@ -289,9 +269,9 @@ def test_from_env_owns_and_closes_its_client(
 async def test_async_client_sync_calls_work_from_other_threads_only(
     async_client: AsyncMemSidecar,
 ) -> None:
-    saver = MemSidecarSaver(async_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(async_client, namespace=fresh_namespace("lg"))
     stored = await saver.aput(generate_config("t"), generate_checkpoint(), generate_metadata(), {})
-    with pytest.raises(RuntimeError, match="call the async methods"):
+    with pytest.raises(RuntimeError, match="await the async variant"):
         saver.get_tuple(stored)
     found = await asyncio.to_thread(saver.get_tuple, stored)
     assert found is not None
@@ -299,7 +279,7 @@ async def test_async_client_sync_calls_work_from_other_threads_only(
 
 
 def test_sync_client_async_methods_run_from_any_thread(sync_client: MemSidecar) -> None:
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     results: list[int] = []
 
     def worker() -> None:
@@ -321,7 +301,7 @@ def test_sync_client_async_methods_run_from_any_thread(sync_client: MemSidecar) 
 
 
 def test_bad_input_configs_are_rejected_clearly(sync_client: MemSidecar) -> None:
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     checkpoint, metadata = generate_checkpoint(), generate_metadata()
     with pytest.raises(ValueError, match=r"configurable.thread_id"):
         saver.get_tuple({})
@@ -351,7 +331,7 @@ def test_bad_input_client_and_namespace(sync_client: MemSidecar) -> None:
 
 
 def test_bad_input_over_the_size_limits_says_what_was_stored(sync_client: MemSidecar) -> None:
-    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace())
+    saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     big = "x" * (1024 * 1024 + 1)
     checkpoint = generate_checkpoint(channel_values={"doc": big}, channel_versions={"doc": 1})
     with pytest.raises(InvalidArgumentError, match=r"storing channel 'doc'.*max_value_bytes"):

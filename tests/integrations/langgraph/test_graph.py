@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -23,7 +23,8 @@ from langgraph.types import Command, interrupt
 
 from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.integrations.langgraph.checkpoint import MemSidecarSaver
-from tests.support import REPO, SidecarProcess, running_sidecar, sidecar_process
+from tests.integrations import fresh_namespace
+from tests.support import REPO, SidecarProcess, running_sidecar
 
 
 class Review(TypedDict, total=False):
@@ -63,16 +64,6 @@ def thread() -> RunnableConfig:
     return {"configurable": {"thread_id": f"th-{uuid.uuid4().hex[:8]}"}}
 
 
-def namespace() -> str:
-    return f"lg-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def sidecar() -> Iterator[SidecarProcess]:
-    with sidecar_process() as proc:
-        yield proc
-
-
 RESUME = textwrap.dedent(
     """
     import json, sys
@@ -88,9 +79,9 @@ RESUME = textwrap.dedent(
 )
 
 
-def test_resume_in_another_process(sidecar: SidecarProcess) -> None:
-    ns, config = namespace(), thread()
-    with MemSidecar(socket=sidecar.socket) as client:
+def test_resume_in_another_process(process: SidecarProcess) -> None:
+    ns, config = fresh_namespace("lg"), thread()
+    with MemSidecar(socket=process.socket) as client:
         graph = review_graph(MemSidecarSaver(client, namespace=ns))
         first = graph.invoke({"topic": "kv", "log": []}, config)
         [pending] = first["__interrupt__"]
@@ -102,7 +93,7 @@ def test_resume_in_another_process(sidecar: SidecarProcess) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "MEMSIDECAR_SOCKET": str(sidecar.socket)},
+        env={**os.environ, "MEMSIDECAR_SOCKET": str(process.socket)},
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
@@ -114,7 +105,7 @@ def test_resume_in_another_process(sidecar: SidecarProcess) -> None:
     }
 
     # And a third client sees what the other process finished.
-    with MemSidecar(socket=sidecar.socket) as client:
+    with MemSidecar(socket=process.socket) as client:
         graph = review_graph(MemSidecarSaver(client, namespace=ns))
         state = graph.get_state(config)
         assert state.next == () and state.values == final
@@ -128,7 +119,7 @@ def test_resume_in_another_process(sidecar: SidecarProcess) -> None:
 
 
 async def test_interrupt_before_resumes_on_a_second_async_client() -> None:
-    ns, config = namespace(), thread()
+    ns, config = fresh_namespace("lg"), thread()
     async with running_sidecar() as (sidecar, client):
         graph = review_graph(MemSidecarSaver(client, namespace=ns), interrupt_before=["publish"])
         await graph.ainvoke({"topic": "lease", "log": []}, config)
@@ -192,11 +183,11 @@ def fan_graph(saver: MemSidecarSaver, fail: dict[str, bool]) -> CompiledStateGra
     return builder.compile(checkpointer=saver)
 
 
-def test_subgraph_interrupt_and_failed_parallel_task_resume(sidecar: SidecarProcess) -> None:
-    ns, config = namespace(), thread()
+def test_subgraph_interrupt_and_failed_parallel_task_resume(process: SidecarProcess) -> None:
+    ns, config = fresh_namespace("lg"), thread()
     RUNS.clear()
     fail = {"flaky": True}
-    with MemSidecar(socket=sidecar.socket) as client:
+    with MemSidecar(socket=process.socket) as client:
         graph = fan_graph(MemSidecarSaver(client, namespace=ns), fail)
         with pytest.raises(RuntimeError, match="flaky failed"):
             graph.invoke({"log": []}, config)
@@ -207,7 +198,7 @@ def test_subgraph_interrupt_and_failed_parallel_task_resume(sidecar: SidecarProc
         assert {w[1] for w in latest.pending_writes} >= {"log", "__error__"}
 
     fail["flaky"] = False
-    with MemSidecar(socket=sidecar.socket) as client:
+    with MemSidecar(socket=process.socket) as client:
         saver = MemSidecarSaver(client, namespace=ns)
         graph = fan_graph(saver, fail)
         paused = graph.invoke(None, config)
@@ -248,7 +239,7 @@ def notes_graph(saver: MemSidecarSaver) -> CompiledStateGraph[Any]:
 
 
 async def test_prune_keeps_what_a_delta_channel_needs_and_drops_the_rest() -> None:
-    ns, config = namespace(), thread()
+    ns, config = fresh_namespace("lg"), thread()
     thread_id = config["configurable"]["thread_id"]
     async with running_sidecar() as (_, client):
         saver = MemSidecarSaver(client, namespace=ns)

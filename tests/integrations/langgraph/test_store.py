@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypedDict
 
@@ -27,7 +26,8 @@ from langgraph.store.base import (
 from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.integrations.langgraph import store as store_module
 from memsidecar.integrations.langgraph.store import MemSidecarStore, decode_key, encode_key
-from tests.support import ManualClock, SidecarProcess, running_sidecar, sidecar_process
+from tests.integrations import fresh_namespace
+from tests.support import ManualClock, SidecarProcess, running_sidecar
 
 INDEX: Any = {"dims": 256, "fields": ["text"]}
 
@@ -49,17 +49,9 @@ async def indexed(sidecar: AsyncMemSidecar) -> MemSidecarStore:
     return MemSidecarStore(sidecar, namespace="lg-indexed", index=INDEX)
 
 
-@pytest.fixture(scope="module")
-def process() -> Iterator[SidecarProcess]:
-    with sidecar_process() as proc:
-        yield proc
-
-
 @pytest.fixture
-def sync_store(process: SidecarProcess) -> Iterator[MemSidecarStore]:
-    with MemSidecar(socket=process.socket) as client:
-        # A fresh sidecar namespace per test: they share the process.
-        yield MemSidecarStore(client, namespace=f"lg-{uuid.uuid4().hex[:8]}", index=INDEX)
+def sync_store(sync_client: MemSidecar) -> MemSidecarStore:
+    return MemSidecarStore(sync_client, namespace=fresh_namespace("lg"), index=INDEX)
 
 
 # -- the key mapping
@@ -466,7 +458,7 @@ async def test_bad_construction(sidecar: AsyncMemSidecar) -> None:
 
 
 async def test_sync_calls_on_the_async_clients_loop_are_refused(store: MemSidecarStore) -> None:
-    with pytest.raises(RuntimeError, match="async methods"):
+    with pytest.raises(RuntimeError, match="await the async variant"):
         store.put(("a",), "k", {})
     # From another thread (as LangGraph runs sync nodes) they run on the client's loop.
     await asyncio.to_thread(store.put, ("a",), "k", {"v": 1})

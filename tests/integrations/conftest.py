@@ -1,0 +1,31 @@
+"""Sidecars and clients shared by the framework integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from memsidecar.client import AsyncMemSidecar, MemSidecar
+from tests.support import SidecarProcess, running_sidecar, sidecar_process
+
+
+@pytest.fixture(scope="module")
+def process() -> Iterator[SidecarProcess]:
+    """A `memsidecar serve` process, one per test module: tests keep apart by namespace
+    (`fresh_namespace`)."""
+    with sidecar_process() as proc:
+        yield proc
+
+
+@pytest.fixture
+def sync_client(process: SidecarProcess) -> Iterator[MemSidecar]:
+    with MemSidecar(socket=process.socket) as client:
+        yield client
+
+
+@pytest.fixture
+async def async_client() -> AsyncIterator[AsyncMemSidecar]:
+    """A fresh in-process sidecar and an async client on the test's event loop."""
+    async with running_sidecar() as (_, client):
+        yield client
