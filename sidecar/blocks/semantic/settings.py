@@ -47,6 +47,10 @@ class PgvectorSettings(StrictModel):
     # Parameters of the HNSW indexes the driver creates (one per vector dimension).
     m: int = Field(default=16, ge=2, le=100)
     ef_construction: int = Field(default=64, ge=4, le=1000)
+    # ANALYZE semantic_records in the background after this many writes by this sidecar
+    # (0 = leave statistics to autovacuum): a freshly loaded namespace is otherwise
+    # planned as a 1-row one and searched exactly instead of through HNSW.
+    analyze_after_writes: int = Field(default=5000, ge=0)
 
     @model_validator(mode="after")
     def _construction_covers_m(self) -> PgvectorSettings:

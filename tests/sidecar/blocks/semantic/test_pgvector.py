@@ -289,3 +289,52 @@ async def test_nul_characters_are_refused(
     where = SearchFilter(predicates=(Predicate(("k",), "eq", "a\x00"),))
     with pytest.raises(InvalidArgument, match="filter contains a NUL"):
         await driver.search(tenant, "nul", SPACE, np.ones(DIM, np.float32), 1, where, None, 1.0)
+
+
+async def _analyze_count(conn: asyncpg.Connection) -> int:
+    count = await conn.fetchval(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'semantic_records'"
+    )
+    return int(count)
+
+
+@pytest.mark.parametrize("every", [3, 0])
+async def test_writes_trigger_a_background_analyze(
+    postgres: str, clock: ManualClock, every: int
+) -> None:
+    """A namespace loaded since the last ANALYZE is planned as a one-row one (an exact
+    sort instead of HNSW): the driver analyzes every `analyze_after_writes` writes."""
+    config = load_config(
+        None,
+        {
+            **SEMANTIC_DRIVERS["pgvector"],
+            "blocks.semantic.embedders": {"small": {"type": "fake", "dimension": DIM}},
+            "blocks.semantic.namespaces": {"*": {"embedder": "small"}},
+            "blocks.semantic.pgvector": {"analyze_after_writes": every},
+        },
+    )
+    settings = config.blocks.semantic
+    opened = await DRIVERS.open(settings.driver, settings.options, BlockContext(config, clock))
+    assert isinstance(opened, PgvectorSemantic)
+    tenant = f"pgv-{uuid.uuid4().hex[:10]}"
+    try:
+        async with opened.pool.connection() as conn:
+            before = await _analyze_count(conn)
+            rng = np.random.default_rng(3)
+            for i in range(3):
+                vector = rng.normal(size=DIM).astype(np.float32)
+                await opened.upsert(tenant, "fresh", SPACE, write(f"r{i}", vector), 1.0, None)
+            if every:
+                for _ in range(200):  # bounded: up to 10 s
+                    if await _analyze_count(conn) > before:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await _analyze_count(conn) > before
+            else:
+                await asyncio.sleep(0.5)
+                assert opened._analyzer is None
+            for table in ("semantic_versions", "semantic_records"):
+                await conn.execute(f"DELETE FROM {table} WHERE tenant = $1", tenant)
+            await conn.execute("DELETE FROM semantic_namespaces WHERE tenant = $1", tenant)
+    finally:
+        await opened.close()
