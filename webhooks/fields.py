@@ -300,6 +300,13 @@ PGVECTOR_FIELDS: tuple[SettingField, ...] = (
         minimum=4,
         maximum=1000,
     ),
+    _f(
+        "analyze_after_writes",
+        "int",
+        "Run ANALYZE on the records table in the background after this many writes by one "
+        "sidecar, so freshly loaded namespaces are searched through HNSW (0 = off).",
+        minimum=0,
+    ),
 )
 
 BLOCKS: tuple[str, ...] = ("kv", "episodic", "semantic", "artifact", "lease")
