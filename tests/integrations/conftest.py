@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from memsidecar.client import AsyncMemSidecar, MemSidecar
+from tests.integrations import backend_overrides
 from tests.support import SidecarProcess, running_sidecar, sidecar_process
 
 
@@ -25,7 +26,9 @@ def sync_client(process: SidecarProcess) -> Iterator[MemSidecar]:
 
 
 @pytest.fixture
-async def async_client() -> AsyncIterator[AsyncMemSidecar]:
-    """A fresh in-process sidecar and an async client on the test's event loop."""
-    async with running_sidecar() as (_, client):
+async def async_client(request: pytest.FixtureRequest) -> AsyncIterator[AsyncMemSidecar]:
+    """A fresh in-process sidecar and an async client on the test's event loop: on the
+    in-memory drivers, or with `on_every_backend` also on the database drivers (Postgres
+    kv/episodic/lease, pgvector semantic) with a tenant of its own."""
+    async with running_sidecar(backend_overrides(request)) as (_, client):
         yield client

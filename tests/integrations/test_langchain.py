@@ -29,7 +29,7 @@ from langchain_core.runnables.history import RunnableWithMessageHistory
 
 from memsidecar.client import AsyncMemSidecar, InvalidArgumentError, MemSidecar
 from memsidecar.integrations.langchain import MemSidecarChatMessageHistory
-from tests.integrations import fresh_namespace
+from tests.integrations import fresh_namespace, on_every_backend
 from tests.support import SidecarProcess
 
 # langchain-core 1.x deprecates RunnableWithMessageHistory (docs/integrations/langchain.md).
@@ -79,6 +79,7 @@ def every_kind() -> list[BaseMessage]:
 # Round trip and the stored form
 
 
+@on_every_backend()
 async def test_every_message_type_round_trips(async_client: AsyncMemSidecar) -> None:
     history = MemSidecarChatMessageHistory("s", client=async_client)
     sent = every_kind()
@@ -135,6 +136,7 @@ async def test_order_is_kept_across_calls_and_concurrent_sessions(
     assert listed == sorted(sessions)
 
 
+@on_every_backend()
 async def test_clear_deletes_only_that_session(async_client: AsyncMemSidecar) -> None:
     a = MemSidecarChatMessageHistory("a", client=async_client)
     b = MemSidecarChatMessageHistory("b", client=async_client)
@@ -157,6 +159,7 @@ async def test_unknown_session_is_empty(async_client: AsyncMemSidecar) -> None:
 # Windows
 
 
+@on_every_backend()
 async def test_window_returns_the_last_n_in_order(async_client: AsyncMemSidecar) -> None:
     full = MemSidecarChatMessageHistory("long", client=async_client)
     # More than one Range page (100 by default), so the newest-first read pages.

@@ -16,7 +16,7 @@ from llama_index.core.storage.chat_store.base import BaseChatStore
 
 from memsidecar.client import AsyncMemSidecar, InvalidArgumentError, MemSidecar
 from memsidecar.integrations.llamaindex import MemSidecarChatStore
-from tests.integrations import fresh_namespace
+from tests.integrations import fresh_namespace, on_every_backend
 from tests.support import SidecarProcess
 
 
@@ -73,6 +73,7 @@ def every_kind() -> list[ChatMessage]:
 # Round trip and the stored form
 
 
+@on_every_backend()
 async def test_every_message_kind_round_trips(async_client: AsyncMemSidecar) -> None:
     store = MemSidecarChatStore(client=async_client)
     sent = every_kind()
@@ -146,6 +147,7 @@ def test_behaves_like_simple_chat_store(sync_client: MemSidecar) -> None:
 # Replacing and deleting on the append-only log
 
 
+@on_every_backend()
 async def test_set_replaces_and_later_adds_follow(async_client: AsyncMemSidecar) -> None:
     store = MemSidecarChatStore(client=async_client)
     await store.async_add_message("k", msg("old"))
@@ -162,6 +164,7 @@ async def test_set_replaces_and_later_adds_follow(async_client: AsyncMemSidecar)
     assert texts(await store.aget_messages("k")) == ["s0", "s1"]
 
 
+@on_every_backend()
 async def test_an_uncommitted_set_is_invisible(async_client: AsyncMemSidecar) -> None:
     """A set interrupted before its marker (crash, lost connection) changes nothing."""
     store = MemSidecarChatStore(client=async_client)
@@ -180,6 +183,7 @@ async def test_an_uncommitted_set_is_invisible(async_client: AsyncMemSidecar) ->
     assert texts(await store.aget_messages("k")) == ["kept0", "kept1", "next"]
 
 
+@on_every_backend()
 async def test_delete_targets_the_message_not_the_position(async_client: AsyncMemSidecar) -> None:
     store = MemSidecarChatStore(client=async_client)
     await store.aset_messages("k", [msg("a"), msg("b"), msg("c")])
@@ -206,6 +210,7 @@ async def test_an_index_out_of_range_deletes_nothing(
     assert texts(await store.aget_messages("k")) == ["a", "b", "c"]
 
 
+@on_every_backend()
 async def test_delete_messages_removes_the_session(async_client: AsyncMemSidecar) -> None:
     store = MemSidecarChatStore(client=async_client)
     await store.aset_messages("k", [msg("a")])
@@ -316,6 +321,7 @@ def test_chat_memory_buffer_with_the_sync_client(sync_client: MemSidecar) -> Non
     assert memory.get_all() == [] and store.get_keys() == []
 
 
+@on_every_backend()
 async def test_chat_memory_buffer_with_the_async_client(async_client: AsyncMemSidecar) -> None:
     store = MemSidecarChatStore(client=async_client)
     memory = ChatMemoryBuffer.from_defaults(

@@ -33,7 +33,7 @@ from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.client import InvalidArgumentError
 from memsidecar.integrations.langgraph import checkpoint as module
 from memsidecar.integrations.langgraph.checkpoint import MemSidecarSaver
-from tests.integrations import fresh_namespace
+from tests.integrations import fresh_namespace, on_every_backend
 from tests.support import SidecarProcess
 
 # What the saver implements; the suite skips the optional copy_thread/delete_for_runs.
@@ -110,6 +110,7 @@ def assert_conformant(report: CapabilityReport) -> None:
     assert report.conformance_level() == "FULL"
 
 
+@on_every_backend()
 async def test_conformance_with_async_client(async_client: AsyncMemSidecar) -> None:
     report = await run_conformance(
         "MemSidecarSaver(AsyncMemSidecar)",

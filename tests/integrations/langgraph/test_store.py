@@ -26,15 +26,17 @@ from langgraph.store.base import (
 from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.integrations.langgraph import store as store_module
 from memsidecar.integrations.langgraph.store import MemSidecarStore, decode_key, encode_key
-from tests.integrations import fresh_namespace
+from tests.integrations import backend_overrides, fresh_namespace, on_every_backend
 from tests.support import ManualClock, SidecarProcess, running_sidecar
 
 INDEX: Any = {"dims": 256, "fields": ["text"]}
 
 
 @pytest.fixture
-async def sidecar(clock: ManualClock) -> AsyncIterator[AsyncMemSidecar]:
-    async with running_sidecar(clock=clock) as (_, client):
+async def sidecar(
+    clock: ManualClock, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncMemSidecar]:
+    async with running_sidecar(backend_overrides(request), clock=clock) as (_, client):
         yield client
 
 
@@ -79,6 +81,7 @@ def test_separators_in_labels_cannot_collide() -> None:
 # -- get / put / delete
 
 
+@on_every_backend("sidecar")
 async def test_put_get_update_delete_with_sidecar_timestamps(
     store: MemSidecarStore, clock: ManualClock
 ) -> None:
@@ -182,6 +185,7 @@ async def test_search_by_prefix_in_key_order(store: MemSidecarStore) -> None:
         ({"missing": "x"}, []),
     ],
 )
+@on_every_backend("sidecar")
 async def test_search_filters(store: MemSidecarStore, filter: Any, keys: list[str]) -> None:
     await _fill(store)
     assert [i.key for i in await store.asearch((), filter=filter)] == keys
@@ -253,6 +257,7 @@ async def test_list_namespaces(
     assert await store.alist_namespaces(**kwargs) == expected
 
 
+@on_every_backend("sidecar")
 async def test_list_namespaces_skips_ahead_across_pages(
     store: MemSidecarStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,6 +284,7 @@ async def test_deleted_items_leave_no_namespace(store: MemSidecarStore) -> None:
 # -- TTL (minutes, on the sidecar's clock)
 
 
+@on_every_backend("sidecar")
 async def test_ttl_expires_and_reads_refresh_it(store: MemSidecarStore, clock: ManualClock) -> None:
     ns = ("ttl",)
     assert store.supports_ttl
@@ -328,6 +334,7 @@ async def _notes(store: MemSidecarStore) -> None:
     )
 
 
+@on_every_backend("sidecar")
 async def test_semantic_search_ranks_by_meaning(indexed: MemSidecarStore) -> None:
     await _notes(indexed)
     hits = await indexed.asearch(("mem",), query="green tea")
@@ -363,6 +370,7 @@ async def test_index_fields_per_put_and_max_pooling(indexed: MemSidecarStore) ->
     assert [h.key for h in hits] == ["multi", "plain"]
 
 
+@on_every_backend("sidecar")
 async def test_updates_and_deletes_replace_the_vectors(
     indexed: MemSidecarStore, sidecar: AsyncMemSidecar, clock: ManualClock
 ) -> None:
@@ -387,6 +395,7 @@ async def test_updates_and_deletes_replace_the_vectors(
     assert len(await sidecar.semantic.search("lg-indexed", "gamma", top_k=100)) == 1
 
 
+@on_every_backend("sidecar")
 async def test_filtered_query_search_widens_its_candidates(indexed: MemSidecarStore) -> None:
     await indexed.abatch(
         [PutOp(("w",), f"{i:02}", {"text": "tea time", "rare": i == 37}) for i in range(40)]
