@@ -34,21 +34,27 @@ def sidecar() -> Iterator[Path]:
         yield Path(configured)
         return
     tmp = Path(tempfile.mkdtemp(prefix="memsidecar-demo-"))
-    socket, ready = tmp / "memsidecar.sock", tmp / "ready"
+    socket, ready, log = tmp / "memsidecar.sock", tmp / "ready", tmp / "sidecar.log"
     command = [sys.executable, "-m", "memsidecar.cli.main", "serve", "--socket", str(socket)]
-    proc = subprocess.Popen(
-        [*command, "--ready-file", str(ready)],
-        env={
-            **os.environ,
-            "MEMSIDECAR_BLOCKS__ARTIFACT__OPTIONS": f'{{"root": "{tmp}/artifacts"}}',
-        },
-    )
+    # The sidecar's own output (its start-up lines and the access log, one JSON line per
+    # call) goes to a file, so the demo's lines stay readable.
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(
+            [*command, "--ready-file", str(ready)],
+            env={
+                **os.environ,
+                "MEMSIDECAR_BLOCKS__ARTIFACT__OPTIONS": f'{{"root": "{tmp}/artifacts"}}',
+            },
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the sidecar did not start; see its output above")
+                raise SystemExit(f"the sidecar did not start:\n{log.read_text()}")
             time.sleep(0.05)
+        print(f"sidecar serving on unix:{socket}; its log, one JSON line per call: {log}")
         yield socket
     finally:
         proc.terminate()
