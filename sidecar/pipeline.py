@@ -192,7 +192,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(handler, details.method)
-        self._wrapped[details.method] = (handler, wrapped)
+        if wrapped is not handler:
+            # Only methods the server has (unknown names from callers must not grow this).
+            self._wrapped[details.method] = (handler, wrapped)
         return wrapped
 
     def _wrap(self, handler: Any, method: str) -> Any:
