@@ -17,19 +17,18 @@ Mapping (docs/integrations/langgraph-store.md has the full story):
 - With an index, each indexed text is a semantic record in the same-named semantic
   namespace, embedded by the sidecar; its metadata names the kv key, and its tags (one
   hash per namespace prefix) let a search stay under a namespace prefix on the server.
+
+This module is the `BaseStore` itself (validation, batching, writes, search, listing);
+the key layout is in `store_keys.py`, the kv envelope and TTL in `store_items.py`,
+and filter semantics in `store_filters.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import math
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -40,7 +39,6 @@ from langgraph.store.base import (
     InvalidNamespaceError,
     Item,
     ListNamespacesOp,
-    MatchCondition,
     Op,
     PutOp,
     Result,
@@ -60,6 +58,27 @@ from memsidecar.client import (
 )
 from memsidecar.client.blocks.kv import Entry
 from memsidecar.integrations.bridge import Adapter, ClientBridge, on_own_client
+from memsidecar.integrations.langgraph.store_filters import (
+    FILTER_OPERATORS,
+    _check_count,
+    _check_filter,
+    _does_match,
+    _matches,
+)
+from memsidecar.integrations.langgraph.store_items import (
+    _check_ttl,
+    _envelope,
+    _seconds,
+    _Stored,
+)
+from memsidecar.integrations.langgraph.store_keys import (
+    _after,
+    _prefix,
+    _prefix_tags,
+    _tag,
+    decode_key,
+    encode_key,
+)
 
 __all__ = ["FILTER_OPERATORS", "MemSidecarStore", "decode_key", "encode_key"]
 
@@ -75,226 +94,6 @@ _PAGE = 1000
 # write went through, so N writers of one item all finish within N rounds; this bounds it.
 _CAS_ATTEMPTS = 100
 _PROBE_ID = "langgraph-store-dims-probe"
-
-FILTER_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
-
-_ESCAPES = {"%": "%25", "/": "%2F", "\x00": "%00"}
-_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
-_ESCAPED = re.compile("|".join(map(re.escape, _UNESCAPES)))
-
-
-def _escape(text: str) -> str:
-    return "".join(_ESCAPES.get(ch, ch) for ch in text)
-
-
-def _unescape(text: str) -> str:
-    return _ESCAPED.sub(lambda m: _UNESCAPES[m.group(0)], text)
-
-
-def _prefix(namespace: Sequence[str]) -> str:
-    """The kv key prefix every item under `namespace` (and its children) starts with."""
-    return "".join(_escape(label) + "/" for label in namespace)
-
-
-def encode_key(namespace: Sequence[str], key: str) -> str:
-    """The kv key of an item: ("a", "b"), "k" -> "a/b//k" (labels and key escaped)."""
-    return _prefix(namespace) + "/" + _escape(key)
-
-
-def decode_key(kv_key: str) -> tuple[tuple[str, ...], str]:
-    """The inverse of encode_key."""
-    head, sep, key = kv_key.partition("//")
-    if not sep or not head or "/" in key:
-        raise ValueError(f"kv key {kv_key!r} is not a LangGraph store item key")
-    return tuple(_unescape(label) for label in head.split("/")), _unescape(key)
-
-
-def _after(group: str) -> str:
-    """A scan cursor past every key starting with `group` (which ends with `/`).
-
-    `/` + 1 is `0`; the cursor is never a key itself (it has no `//`).
-    """
-    return group[:-1] + "0"
-
-
-def _tag(prefix: str) -> str:
-    """The semantic tag for a namespace prefix: fixed length whatever the labels."""
-    return "ns-" + hashlib.blake2b(prefix.encode(), digest_size=16).hexdigest()
-
-
-def _prefix_tags(namespace: Sequence[str]) -> list[str]:
-    return [_tag(_prefix(namespace[: i + 1])) for i in range(len(namespace))]
-
-
-def _timestamp(value: str | None, fallback: datetime) -> datetime:
-    return datetime.fromisoformat(value) if value else fallback
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """An item as kept in kv, with what the store needs besides the LangGraph Item."""
-
-    kv_key: str
-    version: int
-    namespace: tuple[str, ...]
-    key: str
-    value: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    ttl: float | None
-    vectors: tuple[str, ...]
-
-    @classmethod
-    def decode(cls, entry: Entry) -> _Stored:
-        if not isinstance(entry.value, str) or entry.updated_at is None:
-            raise ValueError(f"kv key {entry.key!r} does not hold a LangGraph store item")
-        data = json.loads(entry.value)
-        namespace, key = decode_key(entry.key)
-        # A write leaves updated_at (and created_at for a new item) to the sidecar's clock:
-        # the kv entry's own updated_at. Re-puts that only refresh a TTL pin them.
-        updated_at = _timestamp(data["updated_at"], entry.updated_at)
-        return cls(
-            kv_key=entry.key,
-            version=entry.version,
-            namespace=namespace,
-            key=key,
-            value=data["value"],
-            created_at=_timestamp(data["created_at"], updated_at),
-            updated_at=updated_at,
-            ttl=data["ttl"],
-            vectors=tuple(data["vectors"]),
-        )
-
-    def envelope(self, *, pinned: bool) -> str:
-        return _envelope(
-            self.value,
-            created_at=self.created_at,
-            updated_at=self.updated_at if pinned else None,
-            ttl=self.ttl,
-            vectors=self.vectors,
-        )
-
-    def item(self) -> Item:
-        return Item(
-            value=self.value,
-            key=self.key,
-            namespace=self.namespace,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-        )
-
-    def search_item(self, score: float | None) -> SearchItem:
-        return SearchItem(
-            self.namespace, self.key, self.value, self.created_at, self.updated_at, score
-        )
-
-
-def _envelope(
-    value: Mapping[str, Any],
-    *,
-    created_at: datetime | None,
-    updated_at: datetime | None,
-    ttl: float | None,
-    vectors: Sequence[str],
-) -> str:
-    return json.dumps(
-        {
-            "value": dict(value),
-            "created_at": created_at.isoformat() if created_at else None,
-            "updated_at": updated_at.isoformat() if updated_at else None,
-            "ttl": ttl,
-            "vectors": list(vectors),
-        },
-        ensure_ascii=False,
-    )
-
-
-# -- filters: the semantics of langgraph's InMemoryStore, with JSON types kept apart
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def _ordered(a: Any, b: Any) -> tuple[Any, Any] | None:
-    """Both numbers or both strings (comparable), else None: such a condition never holds."""
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers):
-        if not isinstance(a, bool) and not isinstance(b, bool):
-            return a, b
-    if isinstance(a, str) and isinstance(b, str):
-        return a, b
-    return None
-
-
-def _apply(value: Any, operator: str, operand: Any) -> bool:
-    if operator == "$eq":
-        return _json_equal(value, operand)
-    if operator == "$ne":
-        return not _json_equal(value, operand)
-    pair = _ordered(value, operand)
-    if pair is None:
-        return False
-    a, b = pair
-    if operator == "$gt":
-        return bool(a > b)
-    if operator == "$gte":
-        return bool(a >= b)
-    if operator == "$lt":
-        return bool(a < b)
-    return bool(a <= b)  # "$lte"; check_filter admits nothing else
-
-
-def _match(value: Any, condition: Any) -> bool:
-    if isinstance(condition, Mapping):
-        if any(str(k).startswith("$") for k in condition):
-            return all(_apply(value, op, operand) for op, operand in condition.items())
-        # A plain dict matches a sub-document: each of its keys must match (recursively).
-        return isinstance(value, dict) and all(
-            _match(value.get(k), sub) for k, sub in condition.items()
-        )
-    return _json_equal(value, condition)
-
-
-def _matches(value: dict[str, Any], filter: Mapping[str, Any] | None) -> bool:
-    return all(_match(value.get(k), c) for k, c in (filter or {}).items())
-
-
-def _check_filter(filter: Any, where: str = "filter") -> None:
-    if filter is None:
-        return
-    if not isinstance(filter, Mapping):
-        raise ValueError(f"{where} must be a dict of field -> value or operators, not {filter!r}")
-    for name, condition in filter.items():
-        if isinstance(condition, Mapping):
-            operators = [k for k in condition if str(k).startswith("$")]
-            unknown = [k for k in operators if k not in FILTER_OPERATORS]
-            if unknown or (operators and len(operators) != len(condition)):
-                raise ValueError(
-                    f"{where}[{name!r}]: {dict(condition)!r} mixes fields and operators or "
-                    f"uses an unsupported operator; operators are {', '.join(FILTER_OPERATORS)}"
-                )
-            if not operators:
-                _check_filter(condition, f"{where}[{name!r}]")
-
-
-def _does_match(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
-    path = condition.path
-    if len(namespace) < len(path):
-        return False
-    labels = namespace[: len(path)] if condition.match_type == "prefix" else namespace[-len(path) :]
-    return all(p == "*" or p == label for p, label in zip(path, labels, strict=True))
-
-
-def _check_count(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, not {value!r}")
 
 
 class MemSidecarStore(Adapter, BaseStore):
@@ -704,16 +503,3 @@ class MemSidecarStore(Adapter, BaseStore):
                 break
             cursor = _after(group)
         return sorted(found)[op.offset : op.offset + op.limit]
-
-
-def _check_ttl(ttl: Any) -> None:
-    if ttl is None:
-        return
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
-        raise ValueError(f"ttl is in minutes and must be a finite number, not {ttl!r}")
-    if ttl <= 0:
-        raise ValueError(f"ttl must be > 0 minutes (None for no expiry), not {ttl!r}")
-
-
-def _seconds(ttl_minutes: float | None) -> float | None:
-    return None if ttl_minutes is None else ttl_minutes * 60

@@ -31,7 +31,7 @@ from langgraph.checkpoint.conformance.test_utils import (
 
 from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.client import InvalidArgumentError
-from memsidecar.integrations.langgraph import checkpoint as module
+from memsidecar.integrations.langgraph import checkpoint_storage
 from memsidecar.integrations.langgraph.checkpoint import MemSidecarSaver
 from tests.integrations import fresh_namespace, on_every_backend
 from tests.support import SidecarProcess
@@ -187,7 +187,7 @@ def test_thread_ids_that_look_like_paths_never_collide(sync_client: MemSidecar) 
 def test_list_pages_through_many_checkpoints_newest_first(
     sync_client: MemSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(module, "_PAGE", 3)  # page boundaries without 1000 checkpoints
+    monkeypatch.setattr(checkpoint_storage, "_PAGE", 3)  # page boundaries without 1000 checkpoints
     saver = MemSidecarSaver(sync_client, namespace=fresh_namespace("lg"))
     stored = [checkpoint_id(c) for c in put_chain(saver, "t", 10)]
     newest_first = list(reversed(stored))

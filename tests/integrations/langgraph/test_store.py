@@ -10,8 +10,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from langgraph.graph import END, START, StateGraph
 from langgraph.store.base import (
     BaseStore,
@@ -25,7 +23,7 @@ from langgraph.store.base import (
 
 from memsidecar import AsyncMemSidecar, MemSidecar
 from memsidecar.integrations.langgraph import store as store_module
-from memsidecar.integrations.langgraph.store import MemSidecarStore, decode_key, encode_key
+from memsidecar.integrations.langgraph.store import MemSidecarStore
 from tests.integrations import backend_overrides, fresh_namespace, on_every_backend
 from tests.support import ManualClock, SidecarProcess, running_sidecar
 
@@ -54,28 +52,6 @@ async def indexed(sidecar: AsyncMemSidecar) -> MemSidecarStore:
 @pytest.fixture
 def sync_store(sync_client: MemSidecar) -> MemSidecarStore:
     return MemSidecarStore(sync_client, namespace=fresh_namespace("lg"), index=INDEX)
-
-
-# -- the key mapping
-
-labels = st.text(min_size=1).filter(lambda s: "." not in s and "\x00" not in s)
-
-
-@given(st.lists(labels, min_size=1, max_size=4), st.text())
-def test_keys_round_trip_and_prefixes_nest(namespace: list[str], key: str) -> None:
-    encoded = encode_key(namespace, key)
-    assert decode_key(encoded) == (tuple(namespace), key)
-    assert "\x00" not in encoded
-    for depth in range(len(namespace)):
-        parent = encode_key(namespace[:depth], "")[:-1] if depth else ""
-        assert encoded.startswith(parent)
-
-
-def test_separators_in_labels_cannot_collide() -> None:
-    assert encode_key(("a/b",), "c") != encode_key(("a", "b"), "c")
-    assert encode_key(("a",), "b//c") == "a//b%2F%2Fc"
-    assert encode_key(("%2F",), "k") == "%252F//k"
-    assert decode_key(encode_key(("a%", "/"), "\x00")) == (("a%", "/"), "\x00")
 
 
 # -- get / put / delete
